@@ -1,0 +1,174 @@
+"""bars: md.events.v1 → md.bars.v1. 1-minute bars in event time (kernels.bars).
+
+Forming-bar state is kept per instrument in a changelog-backed Faust table, written after
+each record, so a restarted worker resumes the bars it was building: Faust flushes the
+producer (changelog included) before it commits an input offset. Each state also carries
+the position in md.trades.v1 of the last record applied (validate's `src` header; one
+instrument always comes from one partition), so a record redelivered to this agent, or
+re-forwarded by validate after a crash, is not counted twice.
+Bar records from OHLCV sources are already closed bars and pass straight through.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Final
+
+import faust
+import numpy as np
+import orjson
+import structlog
+
+from agents.validate import SOURCE_HEADER
+from kernels.bars import Bar, BarBook, bars_to_columns
+from schemas.batch import CodecError, MarketEventBatch, decode_batch
+from schemas.deadletter import dead_letter
+from schemas.events import NS_PER_S, TIMEFRAMES, Kind
+from streams.app import Topics
+from streams.metrics import BARS_CLOSED, BARS_CORRECTED, DEAD_LETTERS
+from streams.settings import Settings
+
+log = structlog.get_logger(__name__)
+STAGE: Final = "bars"
+TIMEFRAME: Final = "1m"
+
+
+def _source(headers: Any) -> tuple[int, int] | None:
+    """(partition, offset) in md.trades.v1 from validate's header, if present and sane."""
+    raw = dict(headers or {}).get(SOURCE_HEADER)
+    if raw is None:
+        return None
+    try:
+        partition, offset = bytes(raw).split(b":")
+        return int(partition), int(offset)
+    except (TypeError, ValueError):
+        return None
+
+
+def register(app: faust.App, topics: Topics, settings: Settings) -> None:
+    period_ns = TIMEFRAMES[TIMEFRAME] * NS_PER_S
+    grace_ns = settings.bar_grace_ms * 1_000_000
+    horizon = settings.bar_correction_horizon_min
+    table = app.Table(
+        "bar-state",
+        default=None,
+        schema=faust.Schema(
+            key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
+        ),
+        partitions=settings.partitions,
+        use_partitioner=True,  # the timer writes too, outside any input event
+    )
+    books: dict[bytes, BarBook] = {}
+    partition_of: dict[bytes, Any] = {}  # instrument → its md.events.v1 partition
+    last_read: dict[Any, int] = {}  # partition → offset of the last record read here
+    # instrument → (partition, offset) in md.trades.v1 of the last record applied
+    applied: dict[bytes, tuple[int, int]] = {}
+
+    def book_for(key: bytes) -> BarBook:
+        book = books.get(key)
+        if book is None:
+            stored: bytes | None = table.get(key)
+            if stored is None:
+                book = BarBook(period_ns=period_ns, grace_ns=grace_ns, horizon=horizon)
+            else:
+                state = orjson.loads(stored)
+                book = BarBook.from_state(
+                    state,
+                    period_ns=period_ns,
+                    grace_ns=grace_ns,
+                    horizon=horizon,
+                    wall_ns=time.time_ns(),
+                )
+                if state.get("src"):
+                    applied[key] = (int(state["src"][0]), int(state["src"][1]))
+            books[key] = book
+        return book
+
+    def save(key: bytes, book: BarBook) -> None:
+        table[key] = orjson.dumps({**book.to_state(), "src": applied.get(key)})
+
+    async def emit(key: bytes, venue: str, symbol: str, bars: list[Bar], corrected: int) -> None:
+        if not bars:
+            return
+        cols = bars_to_columns(bars)
+        cols["ts_recv"] = np.full(len(bars), time.time_ns(), dtype=np.int64)
+        batch = MarketEventBatch.from_columns(Kind.BAR, venue, symbol, cols, timeframe=TIMEFRAME)
+        await topics.bars.send(key=key, value=batch.encode(bars_out=time.time_ns()))
+        BARS_CLOSED.labels(TIMEFRAME).inc(len(bars) - corrected)
+        BARS_CORRECTED.inc(corrected)
+
+    @app.agent(topics.events, name="bars")
+    async def build(stream: faust.StreamT[bytes]) -> None:
+        async for event in stream.events():
+            msg = event.message
+            last_read[msg.tp] = msg.offset
+            try:
+                batch = decode_batch(event.value)
+            except CodecError:
+                continue  # the sinks dead-letter undecodable records of this topic
+            key = batch.key.encode()
+            if batch.kind is Kind.BAR:
+                await topics.bars.send(key=key, value=event.value)
+                continue
+            if batch.kind not in (Kind.TRADE, Kind.GAP):
+                continue
+            book = book_for(key)
+            partition_of[key] = msg.tp
+            src = _source(event.headers)
+            if src is not None:
+                last = applied.get(key)
+                if last is not None and last[0] == src[0] and src[1] <= last[1]:
+                    continue  # applied before (redelivery): its effect is in the state
+                applied[key] = src
+            now = time.time_ns()
+            corrections: list[Bar] = []
+            if batch.kind is Kind.TRADE:
+                corrections, uncorrectable = book.add_trades(
+                    batch.cols["ts_event"], batch.cols["price"], batch.cols["size"], now
+                )
+                if uncorrectable:
+                    DEAD_LETTERS.labels(STAGE, "late_beyond_horizon").inc(uncorrectable)
+                    await topics.dlq.send(
+                        key=key,
+                        value=dead_letter(
+                            stage=STAGE,
+                            reason="late_beyond_horizon",
+                            detail=f"{uncorrectable} ticks older than the correction horizon",
+                            source=(msg.topic, msg.partition, msg.offset),
+                            key=key,
+                        ),
+                    )
+            else:
+                for ts in batch.cols["ts_event"].tolist():
+                    fixed = book.mark_gap(ts)
+                    if fixed is not None:
+                        corrections.append(fixed)
+            closed = book.close_due(None)  # event time only: more input may be queued
+            await emit(key, batch.venue, batch.symbol, closed + corrections, len(corrections))
+            save(key, book)
+
+    def idle(key: bytes) -> bool:
+        """No input waiting in this instrument's partition: its quiet is real, not lag."""
+        tp = partition_of.get(key)
+        if tp is None:
+            return False
+        highwater = app.consumer.highwater(tp)
+        return highwater is not None and last_read[tp] + 1 >= highwater
+
+    @app.timer(1.0, name="bars-close-idle")
+    async def close_idle() -> None:
+        """Close bars of instruments that went quiet (their watermark advances with time)."""
+        for key, book in list(books.items()):
+            closed = book.close_due(time.time_ns() if idle(key) else None)
+            if closed:
+                venue, _, symbol = key.decode().partition(":")
+                await emit(key, venue, symbol, closed, 0)
+                save(key, book)
+
+    @app.on_partitions_revoked.connect  # type: ignore[arg-type]  # mode types receivers oddly
+    async def forget(sender: Any, *args: Any, signal: Any = None, **kwargs: Any) -> None:
+        """Another worker may own these instruments now; reload from the table when needed."""
+        books.clear()
+        applied.clear()
+        partition_of.clear()
+        last_read.clear()

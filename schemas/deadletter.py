@@ -1,0 +1,51 @@
+"""Dead-letter records: why an input was rejected, and the input itself.
+
+One dead letter per rejected event; a record that cannot be decoded at all yields one
+dead letter carrying its original bytes (base64), since its events cannot be counted.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from typing import Any
+
+import orjson
+
+from schemas.events import SCHEMA_VERSION
+
+
+def dead_letter(
+    *,
+    stage: str,
+    reason: str,
+    detail: str = "",
+    source: tuple[str, int, int] | None = None,
+    key: bytes | None = None,
+    event: dict[str, Any] | None = None,
+    original: bytes | None = None,
+) -> bytes:
+    """Encode a dead letter; `source` is (topic, partition, offset) of the input record."""
+    doc: dict[str, Any] = {
+        "v": SCHEMA_VERSION,
+        "stage": stage,
+        "reason": reason,
+        "detail": detail,
+        "ts_dlq": time.time_ns(),
+    }
+    if source is not None:
+        doc["topic"], doc["partition"], doc["offset"] = source
+    if key is not None:
+        doc["key"] = key.decode("utf-8", "replace")
+    if event is not None:
+        doc["event"] = event
+    if original is not None:
+        doc["original_b64"] = base64.b64encode(original).decode("ascii")
+    return orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS)
+
+
+def read_dead_letter(data: bytes) -> dict[str, Any]:
+    doc: dict[str, Any] = orjson.loads(data)
+    if "original_b64" in doc:
+        doc["original"] = base64.b64decode(doc.pop("original_b64"))
+    return doc

@@ -1,0 +1,84 @@
+"""The Faust app factory: one place that wires topics, agents, web routes and settings."""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import faust
+
+from streams.settings import Settings
+
+
+@dataclass(frozen=True)
+class Topics:
+    trades: faust.TopicT
+    events: faust.TopicT
+    bars: faust.TopicT
+    dlq: faust.TopicT
+
+
+TOPIC_NAMES = {
+    "trades": "md.trades.v1",
+    "events": "md.events.v1",
+    "bars": "md.bars.v1",
+    "dlq": "md.dlq.v1",
+}
+
+
+def make_topics(app: faust.App, settings: Settings) -> Topics:
+    """Hot topics carry raw bytes: our orjson codec decodes them, so bad bytes reach the DLQ."""
+    made = {
+        attr: app.topic(
+            settings.topic(name),
+            key_type=bytes,
+            value_type=bytes,
+            key_serializer="raw",
+            value_serializer="raw",
+            partitions=settings.partitions,
+        )
+        for attr, name in TOPIC_NAMES.items()
+    }
+    return Topics(**made)
+
+
+def create_app(settings: Settings) -> faust.App:
+    datadir = Path(tempfile.gettempdir()) / "sepstream-faust" / settings.group_id
+    datadir.mkdir(parents=True, exist_ok=True)
+    app = faust.App(
+        settings.group_id,
+        broker=settings.broker_urls,
+        value_serializer="raw",
+        topic_partitions=settings.partitions,
+        topic_replication_factor=1,
+        web_host=settings.web_host,
+        web_port=settings.web_port,
+        web_bind=settings.web_host,
+        broker_session_timeout=settings.session_timeout_s,
+        broker_heartbeat_interval=min(3.0, settings.session_timeout_s / 3),
+        broker_rebalance_timeout=settings.rebalance_timeout_s,
+        broker_commit_interval=settings.commit_interval_s,
+        consumer_auto_offset_reset="earliest",
+        producer_linger=0.005,
+        producer_max_batch_size=1_048_576,
+        consumer_max_fetch_size=4_194_304,
+        stream_buffer_maxsize=1024,
+        # On shutdown do not wait for unacked events (a sink may be down): they were not
+        # committed and are redelivered to whoever owns the partition next.
+        stream_wait_empty=False,
+        table_standby_replicas=0,
+        store="memory://",
+        # Faust keeps a little local metadata; never in the working directory.
+        datadir=str(datadir),
+    )
+    topics = make_topics(app, settings)
+
+    from agents import bars, sinks, validate
+    from streams import web
+
+    validate.register(app, topics, settings)
+    bars.register(app, topics, settings)
+    sinks.register(app, topics, settings)
+    web.register(app, settings)
+    return app

@@ -1,0 +1,232 @@
+"""Read-only views of a running pipeline: topics, consumer lag, stored rows, cached keys.
+
+Used by `sepstream demo`/`status` and the tests. Offsets are always asked for with explicit
+partitions, which works on Apache Kafka and on brokers that cannot list a group's topics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import Counter
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import orjson
+import redis.asyncio as aioredis
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+from schemas.ddl import TABLES
+from streams.app import TOPIC_NAMES
+from streams.settings import Settings
+
+Offsets = dict[TopicPartition, int]
+
+
+@contextlib.asynccontextmanager
+async def admin_client(settings: Settings) -> AsyncIterator[AIOKafkaAdminClient]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    await admin.start()
+    try:
+        yield admin
+    finally:
+        await admin.close()
+
+
+@contextlib.asynccontextmanager
+async def offsets_consumer(settings: Settings) -> AsyncIterator[AIOKafkaConsumer]:
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        yield consumer
+    finally:
+        await consumer.stop()
+
+
+def hot_topics(settings: Settings) -> dict[str, str]:
+    return {attr: settings.topic(name) for attr, name in TOPIC_NAMES.items()}
+
+
+async def ensure_topics(settings: Settings) -> None:
+    """Create the hot topics with the configured partitions (the worker would, later)."""
+    async with admin_client(settings) as admin:
+        existing = set(await admin.list_topics())
+        new = [
+            NewTopic(name, num_partitions=settings.partitions, replication_factor=1)
+            for name in hot_topics(settings).values()
+            if name not in existing
+        ]
+        if new:
+            with contextlib.suppress(TopicAlreadyExistsError):
+                await admin.create_topics(new)
+
+
+def partitions_of(topic: str, settings: Settings) -> list[TopicPartition]:
+    return [TopicPartition(topic, p) for p in range(settings.partitions)]
+
+
+async def end_offsets(settings: Settings, topics: list[str], timeout_s: float = 5.0) -> Offsets:
+    """Log-end offsets, taken from a fetch's high-water mark.
+
+    ListOffsets(latest) alone is not trusted: the dev broker (Tansu 0.6) answers it with a
+    figure below the true log end, while every fetch reports the right high-water mark.
+    On Apache Kafka both agree, so this is correct everywhere.
+    """
+    tps = [tp for t in topics for tp in partitions_of(t, settings)]
+    async with offsets_consumer(settings) as consumer:
+        listed: Offsets = {tp: int(o or 0) for tp, o in (await consumer.end_offsets(tps)).items()}
+        consumer.assign(tps)
+        for tp in tps:
+            consumer.seek(tp, listed[tp])
+        out: Offsets = {}
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while len(out) < len(tps) and asyncio.get_running_loop().time() < deadline:
+            missing = [tp for tp in tps if tp not in out]
+            await consumer.getmany(*missing, timeout_ms=100, max_records=1)
+            for tp in missing:
+                highwater = consumer.highwater(tp)
+                if highwater is not None:
+                    out[tp] = max(highwater, listed[tp])
+        return {tp: out.get(tp, listed[tp]) for tp in tps}
+
+
+async def committed_offsets(settings: Settings, group: str, topics: list[str]) -> Offsets:
+    tps = [tp for t in topics for tp in partitions_of(t, settings)]
+    async with admin_client(settings) as admin:
+        meta = await admin.list_consumer_group_offsets(group, partitions=tps)
+    return {tp: (m.offset if m.offset >= 0 else 0) for tp, m in meta.items()}
+
+
+@dataclass(frozen=True)
+class Lag:
+    topic: str
+    partition: int
+    committed: int
+    end: int
+
+    @property
+    def messages(self) -> int:
+        return max(0, self.end - self.committed)
+
+
+async def group_lag(settings: Settings, group: str, topics: list[str]) -> list[Lag]:
+    ends, committed = await asyncio.gather(
+        end_offsets(settings, topics), committed_offsets(settings, group, topics)
+    )
+    return [
+        Lag(tp.topic, tp.partition, committed.get(tp, 0), end)
+        for tp, end in sorted(ends.items(), key=lambda kv: (kv[0].topic, kv[0].partition))
+    ]
+
+
+async def read_range(
+    settings: Settings, start: Offsets, end: Offsets
+) -> AsyncIterator[tuple[TopicPartition, bytes]]:
+    """Every record value in [start, end) per partition, then stop."""
+    todo = {tp: (start.get(tp, 0), e) for tp, e in end.items() if e > start.get(tp, 0)}
+    if not todo:
+        return
+    async with offsets_consumer(settings) as consumer:
+        consumer.assign(list(todo))
+        for tp, (s, _) in todo.items():
+            consumer.seek(tp, s)
+        remaining = dict(todo)
+        while remaining:
+            batch = await consumer.getmany(*remaining, timeout_ms=1000, max_records=10_000)
+            for tp, records in batch.items():
+                for rec in records:
+                    if tp in remaining and rec.offset < remaining[tp][1]:
+                        yield tp, rec.value
+                if records and records[-1].offset >= remaining[tp][1] - 1:
+                    remaining.pop(tp, None)
+
+
+async def count_events(settings: Settings, topic: str, start: Offsets, end: Offsets) -> int:
+    """Σ of `n` over the batch records of `topic` in the range (events, not records)."""
+    total = 0
+    own = {tp: o for tp, o in end.items() if tp.topic == topic}
+    async for _, value in read_range(settings, start, own):
+        total += int(orjson.loads(value).get("n", 1))
+    return total
+
+
+async def dead_letter_reasons(settings: Settings, start: Offsets, end: Offsets) -> Counter[str]:
+    topic = settings.topic(TOPIC_NAMES["dlq"])
+    own = {tp: o for tp, o in end.items() if tp.topic == topic}
+    reasons: Counter[str] = Counter()
+    async for _, value in read_range(settings, start, own):
+        doc = orjson.loads(value)
+        reasons[f"{doc.get('stage')}:{doc.get('reason')}"] += 1
+    return reasons
+
+
+async def table_counts(settings: Settings) -> dict[str, int]:
+    conn = await asyncpg.connect(settings.dsn_with_password())
+    try:
+        out = {}
+        for table in TABLES:
+            exists = await conn.fetchval(
+                "SELECT to_regclass($1) IS NOT NULL", f"{settings.pg_schema}.{table}"
+            )
+            out[table] = (
+                await conn.fetchval(f"SELECT count(*) FROM {settings.pg_schema}.{table}")
+                if exists
+                else 0
+            )
+        return out
+    finally:
+        await conn.close()
+
+
+async def redis_keys(settings: Settings) -> dict[str, int]:
+    """Keys under the namespace's prefix, by kind (trade, bars, ...)."""
+    client = aioredis.from_url(settings.redis_url)
+    try:
+        kinds: Counter[str] = Counter()
+        async for key in client.scan_iter(match=f"{settings.redis_prefix}*", count=1000):
+            rest = key.decode()[len(settings.redis_prefix) :]
+            kinds[rest.split(":", 1)[0]] += 1
+        return dict(kinds)
+    finally:
+        await client.aclose()
+
+
+async def service_versions(settings: Settings) -> dict[str, Any]:
+    """Reachability and versions of the broker, PostgreSQL/TimescaleDB and Redis."""
+    out: dict[str, Any] = {}
+    try:
+        async with admin_client(settings) as admin:
+            cluster = await admin.describe_cluster()
+        out["kafka"] = {"ok": True, "brokers": len(cluster.get("brokers", []))}
+    except Exception as exc:
+        out["kafka"] = {"ok": False, "error": repr(exc)}
+    try:
+        conn = await asyncpg.connect(settings.dsn_with_password(), timeout=5)
+        try:
+            out["postgres"] = {
+                "ok": True,
+                "version": await conn.fetchval("SHOW server_version"),
+                "timescaledb": await conn.fetchval(
+                    "SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'"
+                ),
+                "license": await conn.fetchval("SHOW timescaledb.license"),
+            }
+        finally:
+            await conn.close()
+    except Exception as exc:
+        out["postgres"] = {"ok": False, "error": repr(exc)}
+    client = aioredis.from_url(settings.redis_url)
+    try:
+        info = await client.info("server")
+        out["redis"] = {"ok": True, "version": info.get("redis_version")}
+    except Exception as exc:
+        out["redis"] = {"ok": False, "error": repr(exc)}
+    finally:
+        await client.aclose()
+    return out

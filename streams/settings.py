@@ -1,0 +1,165 @@
+"""Settings from the environment (`SEPSTREAM_*`); defaults run against `deploy/dev.sh up`.
+
+Secrets never need to be in a DSN: `SEPSTREAM_PG_PASSWORD` or `SEPSTREAM_PG_PASSWORD_FILE`
+override the DSN's password, and `redacted()` is what gets logged.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Final
+from urllib.parse import quote, urlsplit, urlunsplit
+
+from schemas.ddl import check_ident
+
+PREFIX: Final = "SEPSTREAM_"
+KNOWN_VENUES: Final = (
+    "binance",
+    "coinbase",
+    "kraken",
+    "oanda",
+    "file",
+    "sim_binance",
+    "sim_coinbase",
+    "sim_kraken",
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    # connections
+    kafka_bootstrap: str = "127.0.0.1:19092"
+    pg_dsn: str = "postgresql://sepstream@127.0.0.1:55432/sepstream"
+    pg_password: str = field(default="sepstream", repr=False)
+    redis_url: str = "redis://127.0.0.1:56379/0"
+    # identity and isolation: the namespace prefixes topics, the Postgres schema and Redis keys
+    app_id: str = "sepstream"
+    namespace: str = ""
+    partitions: int = 4
+    web_host: str = "127.0.0.1"
+    web_port: int = 6066
+    # collectors' adaptive micro-batching (DESIGN §2)
+    batch_max_events: int = 512
+    batch_linger_ms: float = 5.0
+    # validation rules
+    max_future_skew_ms: int = 5_000
+    max_age_s: int = 0  # 0 = no age limit (replays and backfills carry old data)
+    max_record_bytes: int = 1_048_576
+    dedup_window: int = 100_000  # trade ids remembered per instrument
+    venues: tuple[str, ...] = KNOWN_VENUES
+    symbols: tuple[str, ...] = ()  # empty = any well-formed BASE-QUOTE symbol
+    # bars
+    bar_grace_ms: int = 2_000
+    bar_correction_horizon_min: int = 1_440
+    # sinks
+    archive_ticks: bool = True
+    sink_max_records: int = 256
+    sink_linger_ms: int = 200
+    sink_retry_max_s: float = 5.0
+    redis_trade_ttl_s: int = 900
+    redis_bar_ttl_periods: int = 600  # a bars key expires after this many bar periods idle
+    redis_bars_keep: int = 500
+    compress_after_days: int = 7
+    tick_retention_days: int = 0  # 0 = keep forever
+    # Kafka client timeouts: small so that joins are quick (matters on the dev broker)
+    session_timeout_s: float = 10.0
+    rebalance_timeout_s: float = 10.0
+    commit_interval_s: float = 1.0
+    # logs
+    log_level: str = "info"
+    log_format: str = "auto"  # auto | json | console
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None, **overrides: Any) -> Settings:
+        env = dict(os.environ if env is None else env)
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = env.get(PREFIX + f.name.upper())
+            if raw is None:
+                continue
+            values[f.name] = _parse(raw, type(getattr(cls(), f.name)))
+        password_file = env.get(PREFIX + "PG_PASSWORD_FILE")
+        if password_file:
+            values["pg_password"] = Path(password_file).read_text().strip()
+        settings = replace(cls(), **values, **overrides)
+        if settings.namespace:
+            check_ident(settings.namespace)
+        return settings
+
+    def to_env(self) -> dict[str, str]:
+        """The environment that reproduces these settings in a child process."""
+        out = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, bool):
+                value = "true" if value else "false"
+            elif isinstance(value, tuple):
+                value = ",".join(value)
+            out[PREFIX + f.name.upper()] = str(value)
+        return out
+
+    # ---- derived names -------------------------------------------------------------
+    def topic(self, name: str) -> str:
+        """`md.trades.v1` → `<namespace>.md.trades.v1` under a namespace."""
+        return f"{self.namespace}.{name}" if self.namespace else name
+
+    @property
+    def pg_schema(self) -> str:
+        return self.namespace or "public"
+
+    @property
+    def redis_prefix(self) -> str:
+        return f"{self.namespace}:md:" if self.namespace else "md:"
+
+    @property
+    def group_id(self) -> str:
+        return f"{self.app_id}-{self.namespace}" if self.namespace else self.app_id
+
+    @property
+    def broker_urls(self) -> str:
+        return ";".join(f"kafka://{h.strip()}" for h in self.kafka_bootstrap.split(","))
+
+    def dsn_with_password(self) -> str:
+        parts = urlsplit(self.pg_dsn)
+        if not self.pg_password or parts.password:
+            return self.pg_dsn
+        user = parts.username or ""
+        host = parts.hostname or ""
+        port = f":{parts.port}" if parts.port else ""
+        netloc = f"{quote(user)}:{quote(self.pg_password)}@{host}{port}"
+        return urlunsplit(parts._replace(netloc=netloc))
+
+    def __repr__(self) -> str:
+        return f"Settings({self.redacted()!r})"
+
+    def redacted(self) -> dict[str, Any]:
+        """What may be logged: no password, in the DSNs or elsewhere."""
+        out = asdict(self)
+        out.pop("pg_password")
+        out["pg_dsn"] = _redact_url(self.pg_dsn)
+        out["redis_url"] = _redact_url(self.redis_url)
+        return out
+
+
+def _redact_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username or ''}:***@{parts.hostname or ''}"
+    if parts.port:
+        netloc += f":{parts.port}"
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _parse(raw: str, kind: type) -> Any:
+    if kind is bool:
+        if raw.strip().lower() in {"1", "true", "yes", "on"}:
+            return True
+        if raw.strip().lower() in {"0", "false", "no", "off"}:
+            return False
+        raise ValueError(f"not a boolean: {raw!r}")
+    if kind is tuple:
+        return tuple(x.strip() for x in raw.split(",") if x.strip())
+    return kind(raw)
