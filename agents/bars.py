@@ -52,9 +52,8 @@ def register(app: faust.App, topics: Topics, settings: Settings) -> None:
     table = app.Table(
         "bar-state",
         default=None,
-        schema=faust.Schema(
-            key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
-        ),
+        key_type=bytes,  # Faust derives the changelog's serializers from these types
+        value_type=bytes,
         partitions=settings.partitions,
         use_partitioner=True,  # the timer writes too, outside any input event
     )

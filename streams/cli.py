@@ -100,7 +100,10 @@ def status(as_json: bool) -> None:
 
 
 def _print_summary(s: dict[str, Any]) -> None:
-    table = Table(title=f"sepstream demo — source {s['source']}", show_header=False)
+    table = Table(
+        title=f"sepstream demo — source {s['source']}, namespace {s['namespace']}",
+        show_header=False,
+    )
     table.add_column(style="bold")
     table.add_column(justify="right")
     table.add_row("events produced", f"{s['produced']:,}")
@@ -114,7 +117,7 @@ def _print_summary(s: dict[str, Any]) -> None:
     for kind, count in sorted(s["redis_keys"].items()):
         table.add_row(f"redis keys {kind}", f"{count:,}")
     table.add_row("produce time", f"{s['produce_seconds']:.2f} s")
-    table.add_row("end-to-end time", f"{s['pipeline_seconds']:.2f} s")
+    table.add_row("processing time", f"{s['pipeline_seconds']:.2f} s")
     table.add_row("throughput", f"{s['events_per_s']:,.0f} events/s")
     out.print(table)
     out.print(f"worker log: {s['worker_log']}")

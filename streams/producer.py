@@ -122,30 +122,24 @@ class BatchingProducer:
                     await self._emit(buf, full_only=False)
 
     async def _emit(self, buf: _Buffer, *, full_only: bool) -> None:
+        # Take the events out of the buffer before the first await: the linger task may
+        # run while we send, and must find only what is still unsent.
         if buf.count == 0:
             return
-        merged = {
-            k: np.concatenate([c[k] for c in buf.chunks])
-            if len(buf.chunks) > 1
-            else buf.chunks[0][k]
-            for k in buf.chunks[0]
-        }
+        chunks = buf.chunks
+        merged = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
         n = buf.count
         cut = (n // self.max_events) * self.max_events if full_only else n
-        start = 0
-        while start < cut:
-            stop = min(start + self.max_events, cut)
-            part = {k: v[start:stop] for k, v in merged.items()}
+        buf.chunks = [{k: v[cut:] for k, v in merged.items()}] if cut < n else []
+        buf.count = n - cut
+        buf.since = time.monotonic()
+        for start in range(0, cut, self.max_events):
+            part = {k: v[start : start + self.max_events] for k, v in merged.items()}
             batch = MarketEventBatch.from_columns(
                 buf.kind, buf.venue, buf.symbol, part, timeframe=buf.timeframe, reason=buf.reason
             )
             await self.send(batch.key.encode(), batch.encode(collector_out=time.time_ns()))
-            self.events_sent += stop - start
-            start = stop
-        rest = {k: v[cut:] for k, v in merged.items()}
-        buf.chunks = [rest] if cut < n else []
-        buf.count = n - cut
-        buf.since = time.monotonic()
+            self.events_sent += len(batch)
 
     async def send(self, key: bytes, value: bytes) -> None:
         """Send one raw record (also used to inject arbitrary bytes in tests and tools)."""
