@@ -47,15 +47,15 @@ async def test_every_event_once_in_full_batches_while_lingering(settings: Settin
     assert producer.events_sent == n + 1 and producer.send_errors == 0
 
     end = await end_offsets(settings, [topic])
-    ids: list[int] = []
+    seen: list[int] = []
     sizes: list[int] = []
     async for _, value in read_range(settings, {}, end):
         batch = decode_batch(value)
         if batch.key == "binance:BTC-USDT":
-            ids += batch.cols["trade_id"].tolist()
+            seen += batch.cols["trade_id"].tolist()
             sizes.append(len(batch))
         else:
             assert orjson.loads(value)["n"] == 1
-    assert sorted(ids) == list(range(n))  # none lost, none twice
+    assert sorted(seen) == list(range(n))  # none lost, none twice
     assert max(sizes) <= settings.batch_max_events
     assert sum(s == settings.batch_max_events for s in sizes) >= n // settings.batch_max_events // 2
