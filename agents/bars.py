@@ -92,7 +92,13 @@ def register(app: faust.App, topics: Topics, settings: Settings) -> None:
         cols = bars_to_columns(bars)
         cols["ts_recv"] = np.full(len(bars), time.time_ns(), dtype=np.int64)
         batch = MarketEventBatch.from_columns(Kind.BAR, venue, symbol, cols, timeframe=TIMEFRAME)
-        await topics.bars.send(key=key, value=batch.encode(bars_out=time.time_ns()))
+        # Delivered before the state that no longer holds these bars is saved: Faust would
+        # otherwise hold this send until the input is acked, after the changelog write,
+        # and a crash in between would lose the bars for good.
+        delivery = await topics.bars.send(
+            key=key, value=batch.encode(bars_out=time.time_ns()), force=True
+        )
+        await delivery
         BARS_CLOSED.labels(TIMEFRAME).inc(len(bars) - corrected)
         BARS_CORRECTED.inc(corrected)
 

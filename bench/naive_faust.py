@@ -13,8 +13,8 @@ It is deliberately smaller than the real pipeline (one Kafka hop instead of thre
 changelog-backed bar state), which makes its figure an upper bound for a per-record app.
 
 Run as its own process by the harness: ``python -m bench.naive_faust`` with the
-``SEPSTREAM_*`` environment of a `Settings` plus ``BENCH_NAIVE_FLUSH_RECORDS`` and
-``BENCH_NAIVE_FLUSH_MS``.
+``SEPSTREAM_*`` environment of a `Settings` plus ``BENCH_NAIVE_FLUSH_RECORDS``,
+``BENCH_NAIVE_FLUSH_MS`` and ``BENCH_NAIVE_BARE`` (1: decode only, a ceiling).
 """
 
 from __future__ import annotations
@@ -254,8 +254,14 @@ class BufferedSink:
         await self.redis.close()
 
 
-def create_app(settings: Settings, flush_records: int, flush_ms: float) -> faust.App:
-    """The same broker/consumer tuning as `streams.app.create_app`; one per-record agent."""
+def create_app(
+    settings: Settings, flush_records: int, flush_ms: float, *, bare: bool = False
+) -> faust.App:
+    """The same broker/consumer tuning as `streams.app.create_app`; one per-record agent.
+
+    `bare`: the agent only decodes each record (no validation, bars or sinks) — what the
+    Faust per-record machinery alone costs, as a ceiling for the naive variant.
+    """
     datadir = Path(tempfile.gettempdir()) / "sepstream-faust" / settings.group_id
     datadir.mkdir(parents=True, exist_ok=True)
     app = faust.App(
@@ -290,6 +296,29 @@ def create_app(settings: Settings, flush_records: int, flush_ms: float) -> faust
         )
 
     trades, dlq, bars_out = topic(TRADES), topic(DLQ), topic(BARS)
+
+    async def stamp_first_record() -> None:
+        """Tell the harness when the first record was handled (its clock starts there)."""
+        client = aioredis.from_url(settings.redis_url)
+        try:
+            key = settings.redis_prefix + FIRST_RECORD_KEY
+            await client.set(key, time.time_ns(), nx=True, ex=86_400)
+        finally:
+            await client.aclose()
+
+    if bare:
+
+        @app.agent(trades, name="naive-bare")
+        async def decode_only(stream: faust.StreamT[bytes]) -> None:
+            first = True
+            async for value in stream:
+                if first:
+                    first = False
+                    await stamp_first_record()
+                orjson.loads(value)
+
+        return app
+
     checker = EventChecker(settings)
     sink = BufferedSink(settings)
     books: dict[str, BarBook] = {}
@@ -305,15 +334,6 @@ def create_app(settings: Settings, flush_records: int, flush_ms: float) -> faust
         batch = MarketEventBatch.from_columns(Kind.BAR, venue, symbol, cols, timeframe=TIMEFRAME)
         await bars_out.send(key=key.encode(), value=batch.encode(bars_out=time.time_ns()))
         sink.add_bars(batch)
-
-    async def stamp_first_record() -> None:
-        """Tell the harness when the first record was handled (its clock starts there)."""
-        client = aioredis.from_url(settings.redis_url)
-        try:
-            key = settings.redis_prefix + FIRST_RECORD_KEY
-            await client.set(key, time.time_ns(), nx=True, ex=86_400)
-        finally:
-            await client.aclose()
 
     @app.agent(trades, name="naive")
     async def process(stream: faust.StreamT[bytes]) -> None:
@@ -388,8 +408,9 @@ def main() -> None:
     configure_logging(settings.log_level, settings.log_format)
     flush_records = int(os.environ.get("BENCH_NAIVE_FLUSH_RECORDS", "5000"))
     flush_ms = float(os.environ.get("BENCH_NAIVE_FLUSH_MS", "100"))
-    app = create_app(settings, flush_records, flush_ms)
-    log.info("naive faust app", group=settings.group_id, flush_records=flush_records)
+    bare = os.environ.get("BENCH_NAIVE_BARE", "") == "1"
+    app = create_app(settings, flush_records, flush_ms, bare=bare)
+    log.info("naive faust app", group=settings.group_id, flush_records=flush_records, bare=bare)
     faust.Worker(
         app, loglevel=settings.log_level, override_logging=False, redirect_stdouts=False
     ).execute_from_commandline()

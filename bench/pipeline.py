@@ -2,9 +2,10 @@
 
     python -m bench.pipeline --events 200000 --repeat 3 --json
 
-Variants, run alternately (A, B, A, B, ...) in the same invocation so that their ratio holds
-on a small, shared, noisy machine; every run gets a fresh namespace (topics, PostgreSQL
-schema, Redis prefix, consumer group), dropped afterwards:
+A benchmark, not a test: it needs the dev services (``bash deploy/dev.sh up``). Variants run
+alternately (A, B, A, B, ...) in the same invocation so that their ratio holds on a small,
+shared, noisy machine; every run gets a fresh namespace (topics, PostgreSQL schema, Redis
+prefix, consumer group) that is dropped afterwards (``--keep`` leaves it):
 
 * ``batched`` (A) — the real pipeline: `WorkerProcess` (``python -m streams.cli worker``:
   validate → bars → TimescaleDB + Redis sinks) on `MarketEventBatch` records produced by
@@ -14,19 +15,22 @@ schema, Redis prefix, consumer group), dropped afterwards:
 
 What is timed: the input is produced first (the producer's own rate is reported), then the
 worker is started. The clock starts when the worker handled its first input record — for A
-the Kafka CreateTime of validate's first output record (stamped at send, microseconds after
-the read), for B the wall time the agent stamps in Redis on its first record — so process
-start-up and the group join are excluded (they are reported as ``startup_s``). The clock
-stops at the first poll (every ``--poll-ms``) that finds the input reconciled: accepted +
-dead-lettered == produced, the worker group's committed offsets at the log end on every
-input topic, and every accepted tick in TimescaleDB. ``events_per_s`` = events / that time.
-``stored_events_per_s`` stops the clock when the last tick is in TimescaleDB instead, i.e.
-without waiting for the next offset commit (every ``commit_interval_s``).
+the Kafka CreateTime of validate's first output record (stamped at send, right after the
+read), for B the wall time the agent stamps in Redis on its first record — so interpreter
+start-up and the group join are excluded (reported as ``startup_s``). The clock stops at
+the first poll (every ``--poll-ms``) that finds the input reconciled: accepted +
+dead-lettered == produced, the worker group's committed offsets at the log end of every
+topic it consumes (A: trades, events, bars; B: its one input topic), and every accepted
+tick in TimescaleDB. ``events_per_s`` = events / that time. Commits happen every
+``commit_interval_s`` (1 s), so the figure includes up to that much end latency; ``tail_s``
+is the time from the start of the last ticks transaction to the reconciled poll.
 
-Raw ceilings measured in the same rounds, for context: aiokafka ``getmany`` + orjson.loads
-over the naive topic (records/s), and binary COPY (schemas.pgcopy, asyncpg) of the same
-trades into a scratch ``ticks`` hypertable with its unique index (rows/s, 50k-row COPYs).
+Raw ceilings, measured in the same rounds on a scratch copy of the naive input: aiokafka
+``getmany`` + orjson.loads (records/s), a Faust per-record agent that only decodes (timed
+like the variants), and binary COPY (schemas.pgcopy, asyncpg) of the same trades into a
+scratch ``ticks`` hypertable with its unique index (rows/s, 50k-row COPYs).
 
+``--py-spy DIR`` records each worker with py-spy (collapsed stacks) while it consumes.
 Logs go to stderr; ``--json`` prints one JSON document on stdout, else rich tables.
 """
 
@@ -61,6 +65,7 @@ import redis.asyncio as aioredis
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -297,7 +302,15 @@ async def create_topics(settings: Settings, names: Sequence[str]) -> None:
 class NaiveProcess:
     """`python -m bench.naive_faust` as a child, configured like `WorkerProcess` is."""
 
-    def __init__(self, settings: Settings, log_path: Path, flush_records: int, flush_ms: float):
+    def __init__(
+        self,
+        settings: Settings,
+        log_path: Path,
+        flush_records: int,
+        flush_ms: float,
+        *,
+        bare: bool = False,
+    ) -> None:
         self.settings = settings
         self.log_path = log_path
         self.env = {
@@ -306,6 +319,7 @@ class NaiveProcess:
             "SEPSTREAM_LOG_FORMAT": "json",
             "BENCH_NAIVE_FLUSH_RECORDS": str(flush_records),
             "BENCH_NAIVE_FLUSH_MS": str(flush_ms),
+            "BENCH_NAIVE_BARE": "1" if bare else "0",
         }
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -452,6 +466,7 @@ async def watch(
     poll_s: float,
     timeout_s: float,
     on_progress: Callable[[], None] | None = None,
+    stores_ticks: bool = True,
 ) -> Timeline:
     """`on_progress` is called once, when the group's lag first shrinks (the worker is
     consuming; commits lag the real start by up to commit_interval_s).
@@ -478,6 +493,9 @@ async def watch(
         through = obs.lag == 0 and (
             obs.events_topic is None or obs.accepted + obs.rejected == produced
         )
+        if through and not stores_ticks:  # the bare Faust ceiling: consumed is done
+            tl.reconciled_at = time.time()
+            return tl
         if through:
             ticks = await ticks_stored(pg, schema)
             accepted = obs.accepted if obs.events_topic is not None else ticks
@@ -579,9 +597,40 @@ def run_settings(base: Settings, namespace: str, app_id: str) -> Settings:
 async def run_variant(
     variant: str, rnd: int, base: Settings, opts: Options, start_ns: int
 ) -> RunResult:
+    """One run in a fresh namespace, which is dropped afterwards whatever happened."""
     ns = f"bench_{uuid.uuid4().hex[:8]}_{rnd}{'a' if variant == BATCHED else 'b'}"
     app_id = "sepstream-bench" if variant == BATCHED else "naive-bench"
     settings = run_settings(base, ns, app_id)
+    pg = await asyncpg.connect(settings.dsn_with_password())
+    try:
+        result = await _run(variant, rnd, settings, pg, opts=opts, start_ns=start_ns)
+    finally:
+        try:
+            if not opts.keep:
+                await cleanup(settings, pg)
+        finally:
+            await pg.close()
+    log.info(
+        "run done",
+        variant=variant,
+        round=rnd,
+        reconciled=result.reconciled,
+        events_per_s=result.events_per_s,
+        seconds=result.seconds,
+    )
+    return result
+
+
+async def _run(
+    variant: str,
+    rnd: int,
+    settings: Settings,
+    pg: asyncpg.Connection,
+    *,
+    opts: Options,
+    start_ns: int,
+) -> RunResult:
+    ns = settings.namespace
     log_path = opts.log_dir / f"{ns}-{variant}.log"
     load = os.getloadavg()[0]
     log.info("run", variant=variant, round=rnd, namespace=ns, events=opts.events, load=load)
@@ -630,48 +679,32 @@ async def run_variant(
         loadavg_before=load,
         worker_log=str(log_path),
     )
-    pg = await asyncpg.connect(settings.dsn_with_password())
-    try:
-        async with observer:
-            launched = time.time()
-            worker.start()
-            assert worker.proc is not None
-            pid = worker.proc.pid
-            profiler = Profiler(opts.py_spy, pid, f"{ns}-{variant}") if opts.py_spy else None
-            try:
-                tl = await watch(
-                    observer,
-                    pg,
-                    produced=produced.events,
-                    pid=pid,
-                    alive=lambda: worker.running,
-                    poll_s=opts.poll_s,
-                    timeout_s=opts.timeout_s,
-                    on_progress=profiler.start if profiler else None,
-                )
-            except RuntimeError as exc:
-                result.error = f"{exc} (see {log_path})"
-                tl = Timeline()
-            finally:
-                if profiler is not None:
-                    result.profile = profiler.stop()
-                worker.stop()
-        first = await first_record_at(settings, variant, tl)
-        await fill_result(result, settings=settings, pg=pg, tl=tl, first=first, launched=launched)
-    finally:
+    async with observer:
+        launched = time.time()
+        worker.start()
+        assert worker.proc is not None
+        pid = worker.proc.pid
+        profiler = Profiler(opts.py_spy, pid, f"{ns}-{variant}") if opts.py_spy else None
         try:
-            if not opts.keep:
-                await cleanup(settings, pg)
+            tl = await watch(
+                observer,
+                pg,
+                produced=produced.events,
+                pid=pid,
+                alive=lambda: worker.running,
+                poll_s=opts.poll_s,
+                timeout_s=opts.timeout_s,
+                on_progress=profiler.start if profiler else None,
+            )
+        except RuntimeError as exc:
+            result.error = f"{exc} (see {log_path})"
+            tl = Timeline()
         finally:
-            await pg.close()
-    log.info(
-        "run done",
-        variant=variant,
-        round=rnd,
-        reconciled=result.reconciled,
-        events_per_s=result.events_per_s,
-        seconds=result.seconds,
-    )
+            if profiler is not None:
+                result.profile = profiler.stop()
+            worker.stop()
+    first = await first_record_at(settings, variant, tl)
+    await fill_result(result, settings=settings, pg=pg, tl=tl, first=first, launched=launched)
     return result
 
 
@@ -821,13 +854,13 @@ async def ceiling_copy(settings: Settings, events: int, seed: int, start_ns: int
 # ---- the whole benchmark --------------------------------------------------------------
 
 
-def summarize(values: Sequence[float]) -> dict[str, float | None]:
+def summarize(values: Sequence[float], digits: int = 1) -> dict[str, float | None]:
     if not values:
         return {"median": None, "min": None, "max": None}
     return {
-        "median": round(statistics.median(values), 1),
-        "min": round(min(values), 1),
-        "max": round(max(values), 1),
+        "median": round(statistics.median(values), digits),
+        "min": round(min(values), digits),
+        "max": round(max(values), digits),
     }
 
 
@@ -856,7 +889,11 @@ async def benchmark(args: argparse.Namespace) -> dict[str, Any]:
     start_ns = synthetic.default_window(args.events, RATE_PER_S, time.time_ns())
     variants = [v for v in (BATCHED, NAIVE) if v in args.variants]
     runs: list[RunResult] = []
-    ceilings: dict[str, list[float]] = {"consume_records_per_s": [], "copy_rows_per_s": []}
+    ceilings: dict[str, list[float]] = {
+        "consume_records_per_s": [],
+        "faust_bare_records_per_s": [],
+        "copy_rows_per_s": [],
+    }
     for rnd in range(1, args.repeat + 1):
         for variant in variants:
             runs.append(await run_variant(variant, rnd, base, opts, start_ns))
@@ -869,7 +906,10 @@ async def benchmark(args: argparse.Namespace) -> dict[str, Any]:
                 [r.events_per_s for r in runs if r.variant == v and r.events_per_s]
             ),
             "worker_cpu_share": summarize(
-                [r.worker_cpu_share for r in runs if r.variant == v and r.worker_cpu_share]
+                [r.worker_cpu_share for r in runs if r.variant == v and r.worker_cpu_share], 2
+            ),
+            "worker_cpu_us_per_event": summarize(
+                [1e6 * r.worker_cpu_s / r.events for r in runs if r.variant == v and r.worker_cpu_s]
             ),
             "producer_events_per_s": summarize(
                 [r.producer_events_per_s for r in runs if r.variant == v]
@@ -924,22 +964,61 @@ def ceilings_round(acc: dict[str, list[float]], got: dict[str, float]) -> None:
 async def measure_ceilings(
     base: Settings, opts: Options, rnd: int, start_ns: int
 ) -> dict[str, float]:
-    """Both ceilings on a scratch namespace holding the naive variant's input."""
+    """The ceilings, on a scratch namespace holding the naive variant's input."""
     settings = run_settings(base, f"bench_{uuid.uuid4().hex[:8]}_{rnd}c", "ceiling-bench")
     topic = settings.topic(naive_faust.TRADES)
-    await create_topics(settings, [topic])
+    await create_topics(settings, [settings.topic(t) for t in naive_faust.TOPICS])
     pg = await asyncpg.connect(settings.dsn_with_password())
     try:
         produced = await produce_naive(settings, opts.events, opts.seed, start_ns)
-        consume = await ceiling_consume(settings, topic, produced.records)
-        copy = await ceiling_copy(settings, opts.events, opts.seed, start_ns)
+        out = {
+            "consume_records_per_s": await ceiling_consume(settings, topic, produced.records),
+            "copy_rows_per_s": await ceiling_copy(settings, opts.events, opts.seed, start_ns),
+            "faust_bare_records_per_s": await ceiling_faust_bare(
+                settings, pg, produced.records, opts
+            ),
+        }
     finally:
-        await cleanup(settings, pg)
+        if not opts.keep:
+            await cleanup(settings, pg)
         await pg.close()
-    log.info(
-        "ceilings", round=rnd, consume_records_per_s=round(consume), copy_rows_per_s=round(copy)
+    log.info("ceilings", round=rnd, **{k: round(v) for k, v in out.items()})
+    return out
+
+
+async def ceiling_faust_bare(
+    settings: Settings, pg: asyncpg.Connection, records: int, opts: Options
+) -> float:
+    """A per-record Faust agent that only decodes: records/s, timed like the variants."""
+    log_path = opts.log_dir / f"{settings.namespace}-faust-bare.log"
+    worker = NaiveProcess(settings, log_path, opts.flush_records, opts.flush_ms, bare=True)
+    observer = Observer(
+        settings,
+        events_topic=None,
+        dlq_topic=settings.topic(naive_faust.DLQ),
+        dlq_stage=naive_faust.STAGE,
+        watched=[settings.topic(naive_faust.TRADES)],
     )
-    return {"consume_records_per_s": consume, "copy_rows_per_s": copy}
+    async with observer:
+        worker.start()
+        assert worker.proc is not None
+        try:
+            tl = await watch(
+                observer,
+                pg,
+                produced=records,
+                pid=worker.proc.pid,
+                alive=lambda: worker.running,
+                poll_s=opts.poll_s,
+                timeout_s=opts.timeout_s,
+                stores_ticks=False,
+            )
+        finally:
+            worker.stop()
+    first = await first_record_at(settings, NAIVE, tl)
+    if first is None or tl.reconciled_at is None:
+        raise RuntimeError(f"bare Faust agent did not finish (see {log_path})")
+    return records / (tl.reconciled_at - first)
 
 
 # ---- output ---------------------------------------------------------------------------
@@ -958,29 +1037,36 @@ def render(doc: dict[str, Any], console: Console) -> None:
         f"broker {ver['broker']}; PostgreSQL {pg.get('version')} + TimescaleDB "
         f"{pg.get('timescaledb')} ({pg.get('license')})"
     )
-    runs = Table(title="runs (in the order they ran)")
-    for col in ("round", "variant", "events", "records", "producer ev/s", "startup s",
-                "seconds", "events/s", "tail s", "worker CPU", "load", "ok"):  # fmt: skip
-        runs.add_column(col, justify="right" if col not in ("variant", "ok") else "left")
+    runs = Table(title="runs in the order they ran (CPU: worker cores)", box=box.SIMPLE)
+    for col in ("#", "variant", "records", "start s", "timed s", "events/s", "tail s", "CPU",
+                "load"):  # fmt: skip
+        left = col == "variant"
+        runs.add_column(col, justify="left" if left else "right", no_wrap=left)
+    failed = []
     for r in doc["runs"]:
+        if not r["reconciled"]:
+            failed.append(f"round {r['round']} {r['variant']}: {r['error']}")
         runs.add_row(
             str(r["round"]),
-            LABELS[r["variant"]],
-            f"{r['events']:,}",
+            ("A batched" if r["variant"] == BATCHED else "B naive")
+            + ("" if r["reconciled"] else " ✗"),
             f"{r['records']:,}",
-            _fmt(r["producer_events_per_s"]),
             "–" if r["startup_s"] is None else f"{r['startup_s']:.1f}",
             "–" if r["seconds"] is None else f"{r['seconds']:.2f}",
             _fmt(r["events_per_s"]),
             "–" if r["tail_s"] is None else f"{r['tail_s']:.2f}",
-            "–" if r["worker_cpu_share"] is None else f"{r['worker_cpu_share']:.2f} core",
+            "–" if r["worker_cpu_share"] is None else f"{r['worker_cpu_share']:.2f}",
             f"{r['loadavg_before']:.2f}",
-            "yes" if r["reconciled"] else f"NO: {r['error']}",
         )
     console.print(runs)
-    summary = Table(title="end-to-end events/s (median over rounds)")
-    for col in ("variant", "median", "min", "max", "worker CPU (median)", "producer (median)"):
-        summary.add_column(col, justify="left" if col == "variant" else "right")
+    for line in failed:
+        console.print(f"[red]not reconciled[/red] {line}")
+    summary = Table(
+        title=f"end-to-end events/s, {doc['params']['events']:,} events per run", box=box.SIMPLE
+    )
+    for col in ("variant", "median", "min", "max", "CPU µs/ev", "produce/s"):
+        left = col == "variant"
+        summary.add_column(col, justify="left" if left else "right", no_wrap=left)
     for v in doc["variants"].values():
         e = v["events_per_s"]
         summary.add_row(
@@ -988,7 +1074,7 @@ def render(doc: dict[str, Any], console: Console) -> None:
             _fmt(e["median"]),
             _fmt(e["min"]),
             _fmt(e["max"]),
-            f"{v['worker_cpu_share']['median'] or 0:.2f} core",
+            f"{v['worker_cpu_us_per_event']['median'] or 0:.1f}",
             _fmt(v["producer_events_per_s"]["median"]),
         )
     console.print(summary)
@@ -996,11 +1082,18 @@ def render(doc: dict[str, Any], console: Console) -> None:
         console.print(f"ratio batched / naive (medians): [bold]{doc['ratio_batched_over_naive']}x")
     c = doc["ceilings"]
     if c["consume_records_per_s"]["median"] is not None:
-        console.print(
-            f"raw ceilings (median): aiokafka getmany + orjson.loads "
-            f"{_fmt(c['consume_records_per_s']['median'])} records/s; binary COPY into a "
-            f"hypertable {_fmt(c['copy_rows_per_s']['median'])} rows/s"
-        )
+        table = Table(title="raw ceilings (one event per record)", box=box.SIMPLE)
+        for col in ("what", "median", "min", "max", "unit"):
+            left = col in ("what", "unit")
+            table.add_column(col, justify="left" if left else "right", no_wrap=left)
+        for key, what, unit in (
+            ("consume_records_per_s", "aiokafka getmany + orjson.loads", "records/s"),
+            ("faust_bare_records_per_s", "Faust per-record agent, decode only", "records/s"),
+            ("copy_rows_per_s", "binary COPY into a ticks hypertable", "rows/s"),
+        ):
+            v = c[key]
+            table.add_row(what, _fmt(v["median"]), _fmt(v["min"]), _fmt(v["max"]), unit)
+        console.print(table)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1009,7 +1102,7 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--events", type=int, default=100_000, help="events per run (both)")
+    parser.add_argument("--events", type=int, default=200_000, help="events per run (both)")
     parser.add_argument("--repeat", type=int, default=3, help="rounds (A then B in each)")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--partitions", type=int, default=4)
