@@ -126,25 +126,35 @@ async def group_lag(settings: Settings, group: str, topics: list[str]) -> list[L
 
 
 async def read_range(
-    settings: Settings, start: Offsets, end: Offsets
+    settings: Settings, start: Offsets, end: Offsets, idle_timeout_s: float = 10.0
 ) -> AsyncIterator[tuple[TopicPartition, bytes]]:
-    """Every record value in [start, end) per partition, then stop."""
+    """Every record value in [start, end) per partition, then stop.
+
+    A partition that yields nothing for `idle_timeout_s` before reaching its end (records
+    compacted or deleted meanwhile) ends the read instead of hanging it.
+    """
     todo = {tp: (start.get(tp, 0), e) for tp, e in end.items() if e > start.get(tp, 0)}
     if not todo:
         return
+    loop = asyncio.get_running_loop()
     async with offsets_consumer(settings) as consumer:
         consumer.assign(list(todo))
         for tp, (s, _) in todo.items():
             consumer.seek(tp, s)
         remaining = dict(todo)
-        while remaining:
-            batch = await consumer.getmany(*remaining, timeout_ms=1000, max_records=10_000)
+        last_progress = loop.time()
+        while remaining and loop.time() - last_progress < idle_timeout_s:
+            batch = await consumer.getmany(*remaining, timeout_ms=500, max_records=10_000)
             for tp, records in batch.items():
+                if not records:
+                    continue
+                last_progress = loop.time()
+                stop = remaining[tp][1]
                 for rec in records:
-                    if tp in remaining and rec.offset < remaining[tp][1]:
+                    if rec.offset < stop:
                         yield tp, rec.value
-                if records and records[-1].offset >= remaining[tp][1] - 1:
-                    remaining.pop(tp, None)
+                if records[-1].offset >= stop - 1:
+                    remaining.pop(tp)
 
 
 async def count_events(settings: Settings, topic: str, start: Offsets, end: Offsets) -> int:
