@@ -1,6 +1,6 @@
-"""Sink agents: md.events.v1 + md.bars.v1 → TimescaleDB, and → Redis.
+"""Sink agents: md.events.v1 + md.bars.v1 → TimescaleDB, and → Redis; the shared sink loop.
 
-Each agent takes up to `sink_max_records` records (or what arrived within
+Each sink agent takes up to `sink_max_records` records (or what arrived within
 `sink_linger_ms`), writes them in one go and acks them only after the write committed;
 a failed write is retried with capped exponential backoff and nothing is acked meanwhile,
 so the consumer falls behind (lag grows) instead of losing data.
@@ -9,6 +9,7 @@ so the consumer falls behind (lag grows) instead of losing data.
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -28,87 +29,31 @@ from streams.sinks.timescale import TimescaleWriter
 log = structlog.get_logger(__name__)
 
 
-class Writer(Protocol):
+class Writer[T](Protocol):
     async def start(self) -> None: ...
     async def close(self) -> None: ...
-    async def write(self, batches: Iterable[MarketEventBatch]) -> dict[str, int]: ...
+    async def write(self, items: Iterable[T], /) -> dict[str, int]: ...
 
 
-async def retry_forever(
-    name: str,
-    attempt: Callable[[Sequence[MarketEventBatch]], Awaitable[dict[str, int]]],
-    batches: Sequence[MarketEventBatch],
-    max_backoff_s: float,
-) -> dict[str, int]:
-    """Run `attempt` until it succeeds; a sink that gives up would have to drop or ack."""
+async def retry_forever[R](
+    name: str, attempt: Callable[[], Awaitable[R]], max_backoff_s: float
+) -> R:
+    """Run `attempt` until it succeeds: giving up would mean dropping or acking unwritten data."""
     delay = 0.05
     while True:
         try:
-            return await attempt(batches)
+            return await attempt()
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             SINK_RETRIES.labels(name).inc()
-            log.warning("sink write failed, retrying", sink=name, error=repr(exc), in_s=delay)
+            log.warning("write failed, retrying", sink=name, error=repr(exc), in_s=delay)
             await asyncio.sleep(delay * (0.5 + random.random()))
             delay = min(max_backoff_s, delay * 2)
 
 
-def _register_sink(
-    app: faust.App,
-    topics: Topics,
-    settings: Settings,
-    name: str,
-    writer: Writer,
-    *,
-    dead_letters: bool,
-) -> None:
-    """`dead_letters`: whether this sink reports undecodable records (one sink does)."""
-    channel = app.topic(
-        topics.events.get_topic_name(),
-        topics.bars.get_topic_name(),
-        key_type=bytes,
-        value_type=bytes,
-        key_serializer="raw",
-        value_serializer="raw",
-    )
-
-    async def write(batches: Sequence[MarketEventBatch]) -> dict[str, int]:
-        await writer.start()  # (re)connects lazily: the store may be down at boot
-        return await writer.write(batches)
-
-    @app.agent(channel, name=f"sink-{name}")
-    async def sink(stream: faust.StreamT[bytes]) -> None:
-        # noack_take is on faust.Stream; the StreamT protocol does not declare it
-        async for events in stream.noack_take(  # type: ignore[attr-defined]
-            settings.sink_max_records, within=settings.sink_linger_ms / 1000
-        ):
-            batches: list[MarketEventBatch] = []
-            for ev in events:
-                try:
-                    batches.append(decode_batch(ev.value))
-                except CodecError as exc:
-                    if dead_letters:
-                        await _dead_letter_undecodable(topics, name, ev, exc)
-            started = time.perf_counter()
-            rows = await retry_forever(name, write, batches, settings.sink_retry_max_s)
-            done = time.time_ns()
-            SINK_SECONDS.labels(name).observe(time.perf_counter() - started)
-            for table, count in rows.items():
-                SINK_ROWS.labels(name, table).inc(count)
-            newest = max((int(b.cols["ts_recv"].max()) for b in batches), default=done)
-            SINK_LATENCY.labels(name).observe(max(0, done - newest) / 1e9)
-            for ev in events:
-                await stream.ack(ev)
-
-    @app.on_before_shutdown.connect  # type: ignore[arg-type]  # mode types receivers oddly
-    async def close(sender: Any, *args: Any, signal: Any = None, **kwargs: Any) -> None:
-        await writer.close()
-
-
-async def _dead_letter_undecodable(topics: Topics, sink: str, ev: Any, exc: CodecError) -> None:
+async def dead_letter_undecodable(topics: Topics, stage: str, ev: Any, exc: CodecError) -> None:
     msg = ev.message
-    stage = f"sink-{sink}"
     DEAD_LETTERS.labels(stage, exc.reason).inc()
     await topics.dlq.send(
         key=ev.key,
@@ -122,10 +67,85 @@ async def _dead_letter_undecodable(topics: Topics, sink: str, ev: Any, exc: Code
     )
 
 
+def register_sink[T](
+    app: faust.App,
+    topics: Topics,
+    settings: Settings,
+    *,
+    name: str,
+    channel: faust.TopicT,
+    decode: Callable[[bytes], T],
+    writer: Writer[T],
+    newest_ns: Callable[[T], int],
+    dead_letters: bool,
+) -> None:
+    """A sink agent: decode records, write them in one go, ack after the commit.
+
+    `newest_ns` gives an item's freshest time stamp, for the end-to-end latency metric;
+    `dead_letters`: whether this sink reports undecodable records (one sink per topic does).
+    """
+
+    async def write(items: Sequence[T]) -> dict[str, int]:
+        await writer.start()  # (re)connects lazily: the store may be down at boot
+        return await writer.write(items)
+
+    @app.agent(channel, name=f"sink-{name}")
+    async def sink(stream: faust.StreamT[bytes]) -> None:
+        # noack_take is on faust.Stream; the StreamT protocol does not declare it
+        async for events in stream.noack_take(  # type: ignore[attr-defined]
+            settings.sink_max_records, within=settings.sink_linger_ms / 1000
+        ):
+            items: list[T] = []
+            for ev in events:
+                try:
+                    items.append(decode(ev.value))
+                except CodecError as exc:
+                    if dead_letters:
+                        await dead_letter_undecodable(topics, f"sink-{name}", ev, exc)
+            if items:
+                started = time.perf_counter()
+                rows = await retry_forever(
+                    name, functools.partial(write, items), settings.sink_retry_max_s
+                )
+                SINK_SECONDS.labels(name).observe(time.perf_counter() - started)
+                for table, count in rows.items():
+                    SINK_ROWS.labels(name, table).inc(count)
+                newest = max(newest_ns(item) for item in items)
+                SINK_LATENCY.labels(name).observe(max(0, time.time_ns() - newest) / 1e9)
+            for ev in events:
+                await stream.ack(ev)
+
+    @app.on_before_shutdown.connect  # type: ignore[arg-type]  # mode types receivers oddly
+    async def close(sender: Any, *args: Any, signal: Any = None, **kwargs: Any) -> None:
+        await writer.close()
+
+
+def _newest_recv(batch: MarketEventBatch) -> int:
+    return int(batch.cols["ts_recv"].max())
+
+
 def register(app: faust.App, topics: Topics, settings: Settings) -> None:
     timescale = TimescaleWriter(settings)
-    _register_sink(app, topics, settings, "timescale", timescale, dead_letters=True)
-    _register_sink(app, topics, settings, "redis", RedisWriter(settings), dead_letters=False)
+    for name, writer in (("timescale", timescale), ("redis", RedisWriter(settings))):
+        channel = app.topic(
+            topics.events.get_topic_name(),
+            topics.bars.get_topic_name(),
+            key_type=bytes,
+            value_type=bytes,
+            key_serializer="raw",
+            value_serializer="raw",
+        )
+        register_sink(
+            app,
+            topics,
+            settings,
+            name=name,
+            channel=channel,
+            decode=decode_batch,
+            writer=writer,
+            newest_ns=_newest_recv,
+            dead_letters=name == "timescale",
+        )
 
     if settings.tick_retention_days:
 

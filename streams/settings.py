@@ -62,6 +62,16 @@ class Settings:
     redis_bar_ttl_periods: int = 600  # a bars key expires after this many bar periods idle
     redis_bars_keep: int = 500
     compress_after_days: int = 7
+    # bitspace damping (DESIGN §5) and its path library
+    damping_window: int = 64  # W closes per window (T + 1 = W - 1 bits)
+    damping_max_batch: int = 1024  # bar records per micro-batch (one damp() call each)
+    damping_max_wait_ms: int = 200  # longest a full window waits for its micro-batch
+    damping_backend: str = "auto"  # auto | numpy | cupy
+    damping_dtype: str = "float64"  # float64 (reference) | float32
+    library_k: int = 64  # reference paths in a trained library
+    library_wait_s: float = 10.0  # at start, how long damping waits for the published library
+    redis_signal_ttl_periods: int = 600  # the latest-signal hash expires after this many periods
+    redis_signals_maxlen: int = 10_000  # approximate length cap of the signals stream
     tick_retention_days: int = 0  # 0 = keep forever
     # Kafka client timeouts: small so that joins are quick (matters on the dev broker)
     session_timeout_s: float = 10.0

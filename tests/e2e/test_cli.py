@@ -43,3 +43,6 @@ async def test_demo_reconciles_and_status_reports(
     assert services["postgres"]["license"] == "apache"
     assert all(s["ok"] for s in services.values())
     assert status["rows"] == rows
+    assert status["kernel_backend"] in ("numpy", "cupy")
+    assert status["library"] == "default"  # nothing trained in this namespace
+    assert isinstance(status["placement"], list)

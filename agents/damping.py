@@ -1,0 +1,333 @@
+"""damping: md.bars.v1 → md.signals.v1 (DESIGN §5), and the signal sinks → TimescaleDB, Redis.
+
+Per instrument and timeframe the agent keeps the last closed bars (up to 2W−1, W =
+`damping_window`) in a changelog-backed Faust table, so a restarted worker resumes without
+re-reading history. Each bar record updates that state; every window of W closes that the
+update completes or changes becomes one pending window. Pending windows of all instruments
+are damped together, one `damp()` call on an (N, W) array per micro-batch (up to
+`damping_max_batch` records or `damping_max_wait_ms`), and each becomes one `Signal`.
+
+Order per micro-batch: damp → publish the signals and wait for the broker → save the
+state → ack the records. A crash before the state is saved re-applies the redelivered
+records and recomputes the same signals (the sinks upsert); a crash after it skips them
+(the state remembers the last md.bars.v1 offset applied per instrument).
+
+Bars: a bar for a new minute appends; a bar for a minute already held (a correction, flag
+CORRECTED, or a re-emission) replaces that minute's close, and every held window that
+contains it is recomputed and re-emitted; an identical close changes nothing; a bar older
+than the held history is ignored (no window this agent can still emit contains it).
+
+Library: every worker follows md.model.paths (`streams.library.follow`); a new library is
+used from the next micro-batch on, logged with its version. Until the first catch-up of
+the topic ends (at most `library_wait_s`), damping waits, so a restarted worker does not
+emit a batch with the built-in library when a trained one is published.
+
+The sinks read md.signals.v1 like agents/sinks.py reads the hot topics: up to
+`sink_max_records` records or `sink_linger_ms`, one committed write, then ack.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import functools
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import faust
+import numpy as np
+import orjson
+import structlog
+from prometheus_client import Counter, Histogram
+
+from agents.sinks import register_sink, retry_forever
+from kernels.damping import DampingResult, damp, resolve_backend
+from schemas.batch import CodecError, decode_batch
+from schemas.events import Kind
+from schemas.signal import Signal, decode_signal
+from streams.app import Topics
+from streams.library import Library, follow
+from streams.settings import Settings
+from streams.sinks.signals import SignalRedisWriter, SignalTimescaleWriter
+
+log = structlog.get_logger(__name__)
+STAGE: Final = "damping"
+
+SIGNALS: Final = Counter("sepstream_signals", "Signals emitted, by library version", ["library"])
+DAMP_SECONDS: Final = Histogram("sepstream_damp_seconds", "One damp() call of a micro-batch")
+DAMP_ROWS: Final = Histogram(
+    "sepstream_damp_rows",
+    "Windows per damp() call",
+    buckets=(1, 4, 16, 64, 256, 1024, 4096, 16384),
+)
+
+
+# --------------------------------------------------------------------------- state
+
+
+@dataclass
+class Series:
+    """The held bars of one instrument and timeframe, oldest first (open time ns, close)."""
+
+    ts: list[int] = field(default_factory=list)
+    close: list[float] = field(default_factory=list)
+
+    def apply(self, ts: int, close: float, window: int) -> list[int]:
+        """Add or replace one closed bar; returns the indices of the windows' last bars that
+        this changed (each a window of `window` closes ending there)."""
+        keep = 2 * window - 1
+        i = bisect.bisect_left(self.ts, ts)
+        if i < len(self.ts) and self.ts[i] == ts:
+            if self.close[i] == close:
+                return []  # the same bar again (a re-emission): nothing changed
+            self.close[i] = close
+        elif i == 0 and len(self.ts) >= keep:
+            return []  # older than the held history
+        else:
+            self.ts.insert(i, ts)
+            self.close.insert(i, close)
+            drop = len(self.ts) - keep
+            if drop > 0:
+                del self.ts[:drop], self.close[:drop]
+                i -= drop
+        last = len(self.ts) - 1
+        return list(range(max(i, window - 1), min(i + window - 1, last) + 1))
+
+    def window_at(self, end: int, window: int) -> list[float]:
+        return self.close[end - window + 1 : end + 1]
+
+
+@dataclass
+class InstrumentState:
+    """Table value per instrument key: its series per timeframe and the last record applied."""
+
+    series: dict[str, Series] = field(default_factory=dict)
+    src: tuple[int, int] | None = None  # (partition, offset) in md.bars.v1
+
+    def encode(self) -> bytes:
+        return orjson.dumps(
+            {
+                "src": self.src,
+                "series": {tf: {"ts": s.ts, "close": s.close} for tf, s in self.series.items()},
+            }
+        )
+
+    @classmethod
+    def decode(cls, data: bytes) -> InstrumentState:
+        doc = orjson.loads(data)
+        series = {
+            tf: Series([int(t) for t in s["ts"]], [float(c) for c in s["close"]])
+            for tf, s in doc.get("series", {}).items()
+        }
+        src = doc.get("src")
+        return cls(series, (int(src[0]), int(src[1])) if src else None)
+
+
+@dataclass(frozen=True)
+class Window:
+    venue: str
+    symbol: str
+    timeframe: str
+    ts: int  # open time of the last bar
+    closes: list[float]
+
+
+def to_signals(windows: Sequence[Window], result: DampingResult, window: int) -> list[Signal]:
+    """Row i of `result` is `windows[i]`: one Signal each."""
+    now = time.time_ns()
+    version = result.library_version or "default"
+    return [
+        Signal(
+            venue=w.venue,
+            symbol=w.symbol,
+            timeframe=w.timeframe,
+            ts=w.ts,
+            window=window,
+            entropy=float(result.entropy[i]),
+            coherence=float(result.coherence[i]),
+            stability=float(result.stability[i]),
+            lam=float(result.lam[i]),
+            value=float(result.value[i]),
+            confidence=float(result.confidence[i]),
+            iterations=int(result.iterations[i]),
+            converged=bool(result.converged[i]),
+            collapse=bool(result.collapse[i]),
+            library_version=version,
+            backend=result.backend,
+            ts_emit=now,
+        )
+        for i, w in enumerate(windows)
+    ]
+
+
+class LibraryHolder:
+    """The library the next micro-batch uses; swapped by the model-topic follower."""
+
+    def __init__(self, window: int) -> None:
+        self.window = window
+        self.current = Library.default(window)
+        self.ready = asyncio.Event()
+
+    def swap(self, library: Library) -> None:
+        if library.window != self.window:
+            log.warning(
+                "path library ignored: built for another window",
+                version=library.version,
+                library_window=library.window,
+                window=self.window,
+            )
+            return
+        if library.version == self.current.version:
+            return
+        previous, self.current = self.current.version, library
+        log.info("path library swapped", version=library.version, previous=previous, k=library.k)
+
+    async def wait_ready(self, timeout_s: float) -> None:
+        if self.ready.is_set():
+            return
+        try:
+            await asyncio.wait_for(self.ready.wait(), timeout_s)
+        except TimeoutError:
+            log.warning("model topic not read in time; damping with the current library",
+                        version=self.current.version, waited_s=timeout_s)  # fmt: skip
+            self.ready.set()
+
+
+# --------------------------------------------------------------------------- the agents
+
+
+def register(app: faust.App, topics: Topics, settings: Settings) -> None:
+    window = settings.damping_window
+    if window < 3:
+        raise ValueError(f"damping_window must be >= 3, got {window}")
+    if settings.damping_dtype not in ("float64", "float32"):
+        raise ValueError(
+            f"damping_dtype must be float64 or float32, got {settings.damping_dtype!r}"
+        )
+    backend = resolve_backend(settings.damping_backend)  # a forced, unusable cupy fails here
+    log.info("damping backend chosen", backend=backend, requested=settings.damping_backend,
+             dtype=settings.damping_dtype, window=window)  # fmt: skip
+    library = LibraryHolder(window)
+    table = app.Table(
+        "damping-state",
+        default=None,
+        key_type=bytes,
+        value_type=bytes,
+        partitions=settings.partitions,
+        use_partitioner=True,  # keyed like md.bars.v1 (venue:symbol): same partitions
+    )
+    states: dict[bytes, InstrumentState] = {}
+
+    def state_for(key: bytes) -> InstrumentState:
+        state = states.get(key)
+        if state is None:
+            stored: bytes | None = table.get(key)
+            state = InstrumentState() if stored is None else InstrumentState.decode(stored)
+            states[key] = state
+        return state
+
+    def apply(
+        ev: Any, pending: dict[tuple[bytes, str, int], Window]
+    ) -> tuple[bytes, InstrumentState] | None:
+        """Fold one bar record into its instrument's state; returns it if it changed."""
+        try:
+            batch = decode_batch(ev.value)
+        except CodecError:
+            return None  # the timescale sink dead-letters undecodable md.bars.v1 records
+        if batch.kind is not Kind.BAR or not batch.timeframe:
+            return None
+        key = batch.key.encode()
+        state = state_for(key)
+        msg = ev.message
+        if state.src is not None and state.src[0] == msg.partition and msg.offset <= state.src[1]:
+            return None  # applied before this worker restarted (redelivery)
+        state.src = (msg.partition, msg.offset)
+        tf = batch.timeframe
+        series = state.series.setdefault(tf, Series())
+        order = np.argsort(batch.cols["ts_event"], kind="stable")
+        for ts, close in zip(
+            batch.cols["ts_event"][order].tolist(), batch.cols["close"][order].tolist(), strict=True
+        ):
+            for end in series.apply(int(ts), float(close), window):
+                at = series.ts[end]
+                pending[(key, tf, at)] = Window(
+                    batch.venue, batch.symbol, tf, at, series.window_at(end, window)
+                )
+        return key, state
+
+    async def publish(signals: Sequence[Signal]) -> None:
+        # Delivered before the state is saved and the input acked (see the module doc).
+        futures = [
+            await topics.signals.send(key=s.key.encode(), value=s.encode(), force=True)
+            for s in signals
+        ]
+        await asyncio.gather(*futures)
+
+    @app.agent(topics.bars, name="damping")
+    async def run(stream: faust.StreamT[bytes]) -> None:
+        async for events in stream.noack_take(  # type: ignore[attr-defined]
+            settings.damping_max_batch, within=settings.damping_max_wait_ms / 1000
+        ):
+            pending: dict[tuple[bytes, str, int], Window] = {}
+            # States by reference: a rebalance during the awaits below clears `states`.
+            changed = dict(c for ev in events if (c := apply(ev, pending)) is not None)
+            if pending:
+                await library.wait_ready(settings.library_wait_s)
+                lib = library.current  # one library per micro-batch
+                windows = [pending[k] for k in sorted(pending)]
+                closes = np.array([w.closes for w in windows], dtype=np.float64)
+                started = time.perf_counter()
+                result = damp(
+                    closes,
+                    lib.paths,
+                    backend=backend,
+                    dtype=settings.damping_dtype,
+                    library_version=lib.version,
+                )
+                DAMP_SECONDS.observe(time.perf_counter() - started)
+                DAMP_ROWS.observe(len(windows))
+                signals = to_signals(windows, result, window)
+                await retry_forever("signals-publish", functools.partial(publish, signals), 5.0)
+                SIGNALS.labels(lib.version).inc(len(signals))
+            for key, state in changed.items():
+                table[key] = state.encode()
+            for ev in events:
+                await stream.ack(ev)
+
+    @app.task
+    async def follow_model() -> None:
+        await follow(settings, library.swap, library.ready)
+
+    @app.on_partitions_revoked.connect  # type: ignore[arg-type]  # mode types receivers oddly
+    async def forget(sender: Any, *args: Any, signal: Any = None, **kwargs: Any) -> None:
+        """Another worker may own these instruments now; reload from the table when needed."""
+        states.clear()
+
+    for store, writer in (
+        ("timescale", SignalTimescaleWriter(settings)),
+        ("redis", SignalRedisWriter(settings)),
+    ):
+        register_sink(
+            app,
+            topics,
+            settings,
+            name=f"signals-{store}",
+            channel=topics.signals if store == "timescale" else _signals_channel(app, topics),
+            decode=decode_signal,
+            writer=writer,
+            newest_ns=lambda s: s.ts_emit,
+            dead_letters=store == "timescale",
+        )
+
+
+def _signals_channel(app: faust.App, topics: Topics) -> faust.TopicT:
+    """Another channel on md.signals.v1: each agent gets its own."""
+    return app.topic(
+        topics.signals.get_topic_name(),
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+    )
