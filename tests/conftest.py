@@ -12,6 +12,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
+from urllib.parse import urlsplit
 
 import asyncpg
 import pytest
@@ -24,16 +25,30 @@ ARTIFACTS = REPO / "test-artifacts"
 T = TypeVar("T")
 
 
-def _port_open(port: int) -> bool:
+def _service_ports(settings: Settings) -> list[tuple[str, int]]:
+    kafka_host, _, kafka_port = settings.kafka_bootstrap.split(",")[0].rpartition(":")
+    pg, rd = urlsplit(settings.pg_dsn), urlsplit(settings.redis_url)
+    return [
+        (kafka_host, int(kafka_port)),
+        (pg.hostname or "127.0.0.1", pg.port or 5432),
+        (rd.hostname or "127.0.0.1", rd.port or 6379),
+    ]
+
+
+def _port_open(host: str, port: int) -> bool:
     with socket.socket() as s:
         s.settimeout(0.5)
-        return s.connect_ex(("127.0.0.1", port)) == 0
+        return s.connect_ex((host, port)) == 0
 
 
 @pytest.fixture(scope="session")
 def services() -> None:
-    """The dev services, brought up by the project's own script when not running."""
-    if not all(_port_open(p) for p in (19092, 55432, 56379)):
+    """The dev services, brought up by the project's own script when not running.
+
+    Connection settings come from the environment (SEPSTREAM_*), so the suite can run
+    against services on other ports too.
+    """
+    if not all(_port_open(h, p) for h, p in _service_ports(Settings.from_env())):
         subprocess.run(["bash", str(REPO / "deploy" / "dev.sh"), "up"], check=True)
 
 
@@ -48,7 +63,7 @@ def settings(services: None) -> Iterator[Settings]:
     """Isolated settings: a fresh namespace, small partitions and quick group joins."""
     ns = f"t{uuid.uuid4().hex[:10]}"
     yield Settings.from_env(
-        {},
+        None,  # connection settings from the environment; the rest is the test's
         namespace=ns,
         app_id=f"sepstream-{ns}",
         partitions=2,
