@@ -323,58 +323,20 @@ async def create_topics(settings: Settings, names: Sequence[str]) -> None:
         await admin.close()
 
 
-class NaiveProcess:
-    """`python -m bench.naive_faust` as a child, configured like `WorkerProcess` is."""
-
-    def __init__(
-        self,
-        settings: Settings,
-        log_path: Path,
-        flush_records: int,
-        flush_ms: float,
-        *,
-        bare: bool = False,
-    ) -> None:
-        self.settings = settings
-        self.log_path = log_path
-        self.env = {
-            **os.environ,
-            **settings.to_env(),
-            "SEPSTREAM_LOG_FORMAT": "json",
+def naive_process(
+    settings: Settings, log_path: Path, flush_records: int, flush_ms: float, *, bare: bool = False
+) -> WorkerProcess:
+    """`python -m bench.naive_faust` as a child, configured like the real worker."""
+    return WorkerProcess(
+        settings,
+        log_path,
+        module="bench.naive_faust",
+        env={
             "BENCH_NAIVE_FLUSH_RECORDS": str(flush_records),
             "BENCH_NAIVE_FLUSH_MS": str(flush_ms),
             "BENCH_NAIVE_BARE": "1" if bare else "0",
-        }
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> NaiveProcess:
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with self.log_path.open("ab") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "bench.naive_faust"],
-                env=self.env,
-                cwd=REPO,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        return self
-
-    @property
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def stop(self, timeout: float = 30.0) -> int | None:
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
+        },
+    )
 
 
 async def ticks_stored(pg: asyncpg.Connection, schema: str) -> int:
@@ -661,7 +623,7 @@ async def _run(
     if variant == BATCHED:
         await ensure_topics(settings)
         produced = await produce_batched(settings, opts.events, opts.seed, start_ns)
-        worker: WorkerProcess | NaiveProcess = WorkerProcess(settings, log_path)
+        worker = WorkerProcess(settings, log_path)
         names = hot_topics(settings)
         observer = Observer(
             settings,
@@ -673,7 +635,7 @@ async def _run(
     else:
         await create_topics(settings, [settings.topic(t) for t in naive_faust.TOPICS])
         produced = await produce_naive(settings, opts.events, opts.seed, start_ns)
-        worker = NaiveProcess(settings, log_path, opts.flush_records, opts.flush_ms)
+        worker = naive_process(settings, log_path, opts.flush_records, opts.flush_ms)
         observer = Observer(
             settings,
             events_topic=None,
@@ -1019,7 +981,7 @@ async def ceiling_faust_bare(
 ) -> float:
     """A per-record Faust agent that only decodes: records/s, timed like the variants."""
     log_path = opts.log_dir / f"{settings.namespace}-faust-bare.log"
-    worker = NaiveProcess(settings, log_path, opts.flush_records, opts.flush_ms, bare=True)
+    worker = naive_process(settings, log_path, opts.flush_records, opts.flush_ms, bare=True)
     observer = Observer(
         settings,
         events_topic=None,

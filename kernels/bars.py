@@ -10,11 +10,15 @@ idle — no more input is waiting, which only the caller can know — it also ad
 wall time elapsed since that event, so a quiet instrument's bars still close. A tick for an already
 closed bar produces a corrected bar (flagged) while the bar is within the correction
 horizon; beyond it the tick is reported as uncorrectable so the caller can dead-letter it.
+
+Higher timeframes (`MultiBook`, `Rollup`) are rolled up from CLOSED 1m bars, never from
+ticks, and close when the 1m watermark passes their end; a late tick that corrects a 1m
+bar is folded into the higher bars too (CORRECTED when they had already closed).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -105,6 +109,9 @@ class BarBook:
     max_ts: int = -(2**62)
     wall_at_max: int = 0
     gap_starts: set[int] = field(default_factory=set)
+    # Partial bars merged into already closed bars since the caller last took them: the
+    # rollups fold exactly these deltas into their own closed bars (see MultiBook).
+    late_parts: list[Bar] = field(default_factory=list)
 
     def watermark(self, idle_wall_ns: int | None) -> int:
         """`idle_wall_ns`: the wall time now if the instrument is idle, else None."""
@@ -174,9 +181,10 @@ class BarBook:
     def _correct(self, part: Bar) -> Bar | None:
         oldest = min(self.closed) if self.closed else None
         bar = self.closed.get(part.start)
+        if bar is None and (oldest is None or part.start < oldest):
+            return None  # beyond the correction horizon: we no longer know the bar
+        self.late_parts.append(replace(part))
         if bar is None:
-            if oldest is None or part.start < oldest:
-                return None  # beyond the correction horizon: we no longer know the bar
             self.closed[part.start] = bar = part
         else:
             bar.merge(part)
@@ -218,3 +226,185 @@ def bars_to_columns(bars: list[Bar]) -> dict[str, npt.NDArray[Any]]:
         "vwap": np.array([b.vwap for b in bars]),
         "flags": np.array([b.flags for b in bars], dtype=np.int64),
     }
+
+
+@dataclass
+class Rollup:
+    """Bars of one higher timeframe folded from closed 1m bars (never from ticks).
+
+    Folding a closed 1m bar, or the late partial bar that corrected one, with `Bar.merge`
+    gives exactly the bar the ticks would have made: open/close by event time, high/low
+    extremes and sums are associative. Only GAP is inherited from the 1m bars; CORRECTED
+    on a rollup bar means the rollup bar itself changed after it was emitted.
+    """
+
+    period_ns: int
+    keep: int  # closed bars kept for corrections
+    forming: dict[int, Bar] = field(default_factory=dict)
+    closed: dict[int, Bar] = field(default_factory=dict)
+    closed_through: int = -(2**62)
+    gap_starts: set[int] = field(default_factory=set)
+
+    def fold(self, part: Bar) -> Bar | None:
+        """Fold a closed 1m bar or a late part; returns the rollup bar if it was already closed."""
+        start = (part.start // self.period_ns) * self.period_ns
+        piece = replace(part, start=start, flags=part.flags & GAP)
+        if start + self.period_ns <= self.closed_through:
+            bar = self.closed.get(start)
+            if bar is None:
+                return None  # beyond what we keep (or lost with a restart): best effort
+            bar.merge(piece)
+            bar.flags |= CORRECTED
+            return bar
+        if start in self.gap_starts:
+            piece.flags |= GAP
+        bar = self.forming.get(start)
+        if bar is None:
+            self.forming[start] = piece
+        else:
+            bar.merge(piece)
+        return None
+
+    def mark_gap(self, ts: int) -> Bar | None:
+        """As `BarBook.mark_gap`, for this timeframe."""
+        start = (ts // self.period_ns) * self.period_ns
+        if start + self.period_ns <= self.closed_through:
+            bar = self.closed.get(start)
+            if bar is None or bar.flags & GAP:
+                return None
+            bar.flags |= GAP | CORRECTED
+            return bar
+        self.gap_starts.add(start)
+        if start in self.forming:
+            self.forming[start].flags |= GAP
+        return None
+
+    def close_due(self, wm: int) -> list[Bar]:
+        """Close the bars the 1m watermark `wm` has passed (their 1m bars are all folded)."""
+        due = sorted(s for s in self.forming if s + self.period_ns <= wm)
+        out = [self.forming.pop(s) for s in due]
+        self.closed_through = max(self.closed_through, (wm // self.period_ns) * self.period_ns)
+        for bar in out:
+            self.closed[bar.start] = bar
+        if len(self.closed) > self.keep:
+            for s in sorted(self.closed)[: len(self.closed) - self.keep]:
+                del self.closed[s]
+        self.gap_starts = {s for s in self.gap_starts if s + self.period_ns > self.closed_through}
+        return out
+
+    def to_state(self) -> dict[str, Any]:
+        return {
+            "forming": [asdict(b) for b in self.forming.values()],
+            "closed_through": self.closed_through,
+            "gap_starts": sorted(self.gap_starts),
+        }
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any], *, period_ns: int, keep: int) -> Rollup:
+        up = cls(period_ns=period_ns, keep=keep)
+        up.forming = {b["start"]: Bar(**b) for b in state.get("forming", [])}
+        up.closed_through = int(state.get("closed_through", up.closed_through))
+        up.gap_starts = set(state.get("gap_starts", []))
+        return up
+
+
+Emitted = dict[str, list[Bar]]  # timeframe → bars (closed or corrected), in time order
+
+
+@dataclass
+class MultiBook:
+    """One instrument's 1m `BarBook` plus its higher timeframes rolled up from closed 1m bars.
+
+    A higher bar closes when the 1m watermark passes its end, in the same call that closes
+    its last 1m bar. A corrected 1m bar corrects the higher bars holding it (flag
+    CORRECTED); a gap marker flags every timeframe. All of it is one durable state.
+    """
+
+    base: BarBook
+    base_tf: str
+    rollups: dict[str, Rollup]
+
+    @classmethod
+    def new(
+        cls, base: BarBook, base_tf: str, periods_ns: dict[str, int], *, keep_ns: int
+    ) -> MultiBook:
+        """`periods_ns`: the higher timeframes; `keep_ns`: how far back they accept corrections."""
+        ups = {
+            tf: Rollup(period_ns=p, keep=max(1, keep_ns // p + 1)) for tf, p in periods_ns.items()
+        }
+        return cls(base=base, base_tf=base_tf, rollups=ups)
+
+    def _fold_late(self, out: Emitted) -> None:
+        parts, self.base.late_parts = self.base.late_parts, []
+        for tf, up in self.rollups.items():
+            fixed: dict[int, Bar] = {}
+            for part in parts:
+                bar = up.fold(part)
+                if bar is not None:
+                    fixed[bar.start] = bar
+            if fixed:
+                out.setdefault(tf, []).extend(fixed[s] for s in sorted(fixed))
+
+    def add_trades(
+        self,
+        ts: npt.NDArray[np.int64],
+        price: npt.NDArray[np.float64],
+        size: npt.NDArray[np.float64],
+        wall_ns: int,
+    ) -> tuple[Emitted, int]:
+        """Apply trades; returns (corrected bars per timeframe, uncorrectable ticks)."""
+        fixed, lost = self.base.add_trades(ts, price, size, wall_ns)
+        out: Emitted = {self.base_tf: fixed} if fixed else {}
+        self._fold_late(out)
+        return out, lost
+
+    def mark_gap(self, ts: int) -> Emitted:
+        """Flag every timeframe's bar holding `ts`; returns the closed bars that changed."""
+        out: Emitted = {}
+        fixed = self.base.mark_gap(ts)
+        if fixed is not None:
+            out[self.base_tf] = [fixed]
+        for tf, up in self.rollups.items():
+            bar = up.mark_gap(ts)
+            if bar is not None:
+                out[tf] = [bar]
+        return out
+
+    def close_due(self, idle_wall_ns: int | None) -> Emitted:
+        """Close due 1m bars, fold them up, then close the higher bars they complete."""
+        closed = self.base.close_due(idle_wall_ns)
+        out: Emitted = {self.base_tf: closed} if closed else {}
+        if self.base.max_ts <= -(2**62):
+            return out
+        wm = self.base.watermark(idle_wall_ns)
+        for tf, up in self.rollups.items():
+            for bar in closed:
+                up.fold(bar)
+            done = up.close_due(wm)
+            if done:
+                out[tf] = done
+        return out
+
+    def to_state(self) -> dict[str, Any]:
+        return {
+            **self.base.to_state(),
+            "rollups": {tf: up.to_state() for tf, up in self.rollups.items()},
+        }
+
+    @classmethod
+    def from_state(
+        cls,
+        state: dict[str, Any],
+        *,
+        base: BarBook,
+        base_tf: str,
+        periods_ns: dict[str, int],
+        keep_ns: int,
+    ) -> MultiBook:
+        """`base` restored by `BarBook.from_state` from the same state."""
+        book = cls.new(base, base_tf, periods_ns, keep_ns=keep_ns)
+        for tf, up_state in state.get("rollups", {}).items():
+            if tf in book.rollups:
+                up = book.rollups[tf]
+                book.rollups[tf] = Rollup.from_state(up_state, period_ns=up.period_ns, keep=up.keep)
+        return book

@@ -18,6 +18,7 @@ class Topics:
     bars: faust.TopicT
     dlq: faust.TopicT
     signals: faust.TopicT
+    indicators: faust.TopicT
     model: faust.TopicT  # compacted, one partition: the newest path library under key "paths"
 
 
@@ -27,6 +28,7 @@ TOPIC_NAMES = {
     "bars": "md.bars.v1",
     "dlq": "md.dlq.v1",
     "signals": "md.signals.v1",
+    "indicators": "md.indicators.v1",
 }
 # Not a hot topic: compacted, read whole by every worker (streams.library), not by a group.
 MODEL_TOPIC = "md.model.paths"
@@ -58,6 +60,9 @@ def make_topics(app: faust.App, settings: Settings) -> Topics:
 
 
 def create_app(settings: Settings) -> faust.App:
+    from streams import commit_watchdog
+
+    commit_watchdog.install_strict_consumer()
     datadir = Path(tempfile.gettempdir()) / "sepstream-faust" / settings.group_id
     datadir.mkdir(parents=True, exist_ok=True)
     app = faust.App(
@@ -88,12 +93,14 @@ def create_app(settings: Settings) -> faust.App:
     )
     topics = make_topics(app, settings)
 
-    from agents import bars, damping, sinks, validate
+    from agents import bars, damping, indicators, sinks, validate
     from streams import web
 
     validate.register(app, topics, settings)
     bars.register(app, topics, settings)
     sinks.register(app, topics, settings)
     damping.register(app, topics, settings)
+    indicators.register(app, topics, settings)
     web.register(app, settings)
+    commit_watchdog.register(app)
     return app

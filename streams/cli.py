@@ -253,6 +253,78 @@ def train(  # click passes the options by name
     out.print(table)
 
 
+@main.command()
+@click.option(
+    "--venue",
+    required=True,
+    type=click.Choice(["binance", "coinbase", "kraken", "oanda"]),
+    help="The venue to collect from.",
+)
+@click.option(
+    "--symbols",
+    required=True,
+    help="Comma-separated symbols: BTC-USDT,ETH-USDT (the venue's spelling also works).",
+)
+def collect(venue: str, symbols: str) -> None:
+    """Collect one venue's trades, quotes and bars into md.trades.v1 until SIGINT/SIGTERM."""
+    from streams.collectors import normalize_symbols, run_collector
+    from streams.collectors.base import MalformedFrameError
+
+    settings = _settings()
+    try:
+        wanted = normalize_symbols(venue, symbols.split(","))
+    except MalformedFrameError as exc:
+        raise click.BadParameter(str(exc), param_hint="--symbols") from None
+    if not wanted:
+        raise click.BadParameter("no symbols given", param_hint="--symbols")
+    try:
+        asyncio.run(run_collector(settings, venue, wanted))
+    except ValueError as exc:  # a bad symbol, missing OANDA credentials, no such timeframe
+        raise click.ClickException(str(exc)) from None
+
+
+@main.command()
+@click.option(
+    "--venue", required=True, type=click.Choice(["binance"]), help="Venue with REST history."
+)
+@click.option("--symbol", required=True, help="BTC-USDT (or the venue's spelling).")
+@click.option("--from", "start", required=True, help="ISO-8601 time, or 7d / 12h / 30m ago.")
+@click.option("--to", "end", default=None, help="ISO-8601 time, or 2h ago [default: now].")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def backfill(venue: str, symbol: str, start: str, end: str | None, as_json: bool) -> None:
+    """Fill the 1m bars missing from TimescaleDB in [--from, --to) from the venue's REST API."""
+    from datetime import UTC, datetime
+
+    from streams.collectors import normalize_symbols
+    from streams.collectors.backfill import backfill_binance
+    from streams.collectors.base import MalformedFrameError
+    from streams.library import parse_since
+
+    settings = _settings()
+    try:
+        (wanted,) = normalize_symbols(venue, [symbol])
+    except (MalformedFrameError, ValueError) as exc:
+        raise click.BadParameter(str(exc), param_hint="--symbol") from None
+    try:
+        first = parse_since(start)
+        last = parse_since(end) if end else datetime.now(UTC)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--from/--to") from None
+    if last <= first:
+        raise click.BadParameter("--to must be after --from", param_hint="--to")
+    report = asyncio.run(backfill_binance(settings, wanted, first, last))
+    if as_json:
+        _print_json(report.as_dict())
+        return
+    table = Table(title=f"sepstream backfill — {venue} {wanted} 1m", show_header=False)
+    table.add_column(style="bold")
+    table.add_column(justify="right")
+    for name in ("expected", "present", "missing", "requests", "written"):
+        table.add_row(name, f"{getattr(report, name):,}")
+    table.add_row("unavailable at the venue", f"{len(report.unavailable):,}")
+    out.print(table)
+
+
 def _print_summary(s: dict[str, Any]) -> None:
     table = Table(
         title=f"sepstream demo — source {s['source']}, namespace {s['namespace']}",

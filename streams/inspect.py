@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,16 +72,27 @@ def partitions_of(topic: str, settings: Settings) -> list[TopicPartition]:
 
 
 async def end_offsets(settings: Settings, topics: list[str], timeout_s: float = 5.0) -> Offsets:
+    """Log-end offsets of every partition of `topics` (see `true_end_offsets`)."""
+    tps = [tp for t in topics for tp in partitions_of(t, settings)]
+    return await true_end_offsets(settings.kafka_bootstrap, tps, timeout_s)
+
+
+async def true_end_offsets(
+    bootstrap: str, tps: Sequence[TopicPartition], timeout_s: float = 5.0
+) -> Offsets:
     """Log-end offsets, taken from a fetch's high-water mark.
 
     ListOffsets(latest) alone is not trusted: the dev broker (Tansu 0.6) answers it with a
     figure below the true log end, while every fetch reports the right high-water mark.
     On Apache Kafka both agree, so this is correct everywhere.
     """
-    tps = [tp for t in topics for tp in partitions_of(t, settings)]
-    async with offsets_consumer(settings) as consumer:
-        listed: Offsets = {tp: int(o or 0) for tp, o in (await consumer.end_offsets(tps)).items()}
-        consumer.assign(tps)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        listed: Offsets = {
+            tp: int(o or 0) for tp, o in (await consumer.end_offsets(list(tps))).items()
+        }
+        consumer.assign(list(tps))
         for tp in tps:
             consumer.seek(tp, listed[tp])
         out: Offsets = {}
@@ -94,6 +105,8 @@ async def end_offsets(settings: Settings, topics: list[str], timeout_s: float = 
                 if highwater is not None:
                     out[tp] = max(highwater, listed[tp])
         return {tp: out.get(tp, listed[tp]) for tp in tps}
+    finally:
+        await consumer.stop()
 
 
 async def committed_offsets(settings: Settings, group: str, topics: list[str]) -> Offsets:

@@ -72,11 +72,33 @@ class Settings:
     library_wait_s: float = 10.0  # at start, how long damping waits for the published library
     redis_signal_ttl_periods: int = 600  # the latest-signal hash expires after this many periods
     redis_signals_maxlen: int = 10_000  # approximate length cap of the signals stream
+    # incremental indicators (DESIGN §6)
+    indicators_max_batch: int = 1024  # bar records per micro-batch (vectorised per round)
+    indicators_max_wait_ms: int = 200  # longest a closed bar waits for its micro-batch
+    redis_indicator_ttl_periods: int = 600  # latest-indicators hash TTL, in bar periods
     tick_retention_days: int = 0  # 0 = keep forever
     # Kafka client timeouts: small so that joins are quick (matters on the dev broker)
     session_timeout_s: float = 10.0
     rebalance_timeout_s: float = 10.0
     commit_interval_s: float = 1.0
+    # venue collectors (`sepstream collect`): endpoints are settings so tests and proxies
+    # can point a collector elsewhere; the defaults are the venues' public endpoints
+    binance_ws_url: str = "wss://stream.binance.com:9443"
+    coinbase_ws_url: str = "wss://ws-feed.exchange.coinbase.com"
+    kraken_ws_url: str = "wss://ws.kraken.com/v2"
+    oanda_stream_url: str = "https://stream-fxpractice.oanda.com"
+    collector_timeframe: str = "1m"  # kline/ohlc interval subscribed where a venue has bars
+    collector_heartbeat_s: float = 20.0  # websocket ping interval
+    collector_stale_after_s: float = 30.0  # no frame for this long: reconnect
+    collector_connect_timeout_s: float = 10.0
+    collector_backoff_initial_s: float = 0.5
+    collector_backoff_max_s: float = 30.0
+    collector_max_frame_bytes: int = 1_048_576  # larger frames are counted and skipped
+    collector_metrics_port: int = 0  # > 0: `sepstream collect` serves /metrics on web_host
+    # REST backfill of missing 1m bars (`sepstream backfill`)
+    binance_rest_url: str = "https://api.binance.com"
+    backfill_requests_per_s: float = 5.0  # klines cost weight 2 of Binance's 6000/min
+    backfill_max_retries: int = 5  # per request, on 429/418/5xx and connection errors
     # logs
     log_level: str = "info"
     log_format: str = "auto"  # auto | json | console

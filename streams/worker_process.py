@@ -12,18 +12,34 @@ from streams.settings import Settings
 
 
 class WorkerProcess:
-    def __init__(self, settings: Settings, log_path: Path, *extra_args: str) -> None:
+    """`sepstream worker` (or another `module`) in a child configured by `settings`."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        log_path: Path,
+        *extra_args: str,
+        module: str = "streams.cli",
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.settings = settings
         self.log_path = log_path
-        self.extra_args = extra_args
+        self.argv = [sys.executable, "-m", module, *(["worker"] if module == "streams.cli" else [])]
+        self.argv += extra_args
+        self.extra_env = env or {}
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> WorkerProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, **self.settings.to_env(), "SEPSTREAM_LOG_FORMAT": "json"}
+        env = {
+            **os.environ,
+            **self.settings.to_env(),
+            "SEPSTREAM_LOG_FORMAT": "json",
+            **self.extra_env,
+        }
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "streams.cli", "worker", *self.extra_args],
+                self.argv,
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,

@@ -17,7 +17,6 @@ Hash and stream fields are the `schemas.signal` fields; booleans are 0/1.
 
 from __future__ import annotations
 
-import io
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from typing import Any, Final
@@ -32,6 +31,7 @@ from schemas.events import TIMEFRAMES
 from schemas.pgcopy import HEADER, TRAILER, Column, PgType, encode_rows
 from schemas.signal import Signal
 from streams.settings import Settings
+from streams.sinks.timescale import staged_upsert
 
 log = structlog.get_logger(__name__)
 
@@ -110,29 +110,22 @@ class SignalTimescaleWriter:
             return {}
         assert self.pool is not None, "start() first"
         payload = HEADER + b"".join(_copy_block(g) for g in groups.values()) + TRAILER
-        cols = ", ".join(COLUMNS)
-        key = ", ".join(KEY)
-        updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in COLUMNS if c not in KEY)
         async with self.pool.acquire() as conn, conn.transaction():
-            await conn.execute(
-                f"CREATE TEMP TABLE IF NOT EXISTS _stage_signals "
-                f"(LIKE {self.schema}.signals INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
-            )
-            await conn.copy_to_table(
-                "_stage_signals", source=io.BytesIO(payload), columns=list(COLUMNS), format="binary"
-            )
-            # One row per window even if a write holds a window twice: the last staged wins.
-            await conn.execute(
-                f"INSERT INTO {self.schema}.signals ({cols}) "
-                f"SELECT DISTINCT ON ({key}) {cols} FROM _stage_signals "
-                f"ORDER BY {key}, ctid DESC "
-                f"ON CONFLICT ({key}) DO UPDATE SET {updates}, updated_at = now()"
+            await staged_upsert(
+                conn,
+                "signals",
+                schema=self.schema,
+                columns=COLUMNS,
+                key=KEY,
+                payload=payload,
+                replace=True,
             )
         return {"signals": sum(len(g) for g in groups.values())}
 
 
-# KEYS[1] hash; ARGV[1] ttl s, ARGV[2] ts, ARGV[3..] field, value, ...
-_SET_IF_NEWER: Final = """
+# KEYS[1] hash; ARGV[1] ttl s, ARGV[2] ts, ARGV[3..] field, value, ... (shared by the
+# latest-value hashes: a late redelivery never rolls them back)
+SET_IF_NEWER: Final = """
 local cur = redis.call('HGET', KEYS[1], 'ts')
 if cur and tonumber(cur) > tonumber(ARGV[2]) then return 0 end
 redis.call('HSET', KEYS[1], unpack(ARGV, 3))
@@ -181,7 +174,7 @@ class SignalRedisWriter:
             flat: list[Any] = []
             for name, value in redis_fields(s).items():
                 flat += [name, value]
-            pipe.eval(_SET_IF_NEWER, 1, f"{p}signal:{tf}:{venue}:{symbol}", ttl, s.ts, *flat)
+            pipe.eval(SET_IF_NEWER, 1, f"{p}signal:{tf}:{venue}:{symbol}", ttl, s.ts, *flat)
         stream = f"{p}signals"
         for s in batch:
             pipe.xadd(

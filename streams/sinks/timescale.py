@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import io
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -254,25 +254,51 @@ class TimescaleWriter:
                 return
             except asyncpg.UniqueViolationError:
                 pass  # a redelivery: fall through to the idempotent path
-        stage = f"_stage_{spec.name}"
-        await conn.execute(
-            f"CREATE TEMP TABLE IF NOT EXISTS {stage} "
-            f"(LIKE {self.schema}.{spec.name} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+        await staged_upsert(
+            conn,
+            spec.name,
+            schema=self.schema,
+            columns=spec.columns,
+            key=spec.key,
+            payload=payload,
+            replace=spec.upsert,
         )
-        await conn.copy_to_table(
-            stage, source=io.BytesIO(payload), columns=list(spec.columns), format="binary"
-        )
-        cols = ", ".join(spec.columns)
-        key = ", ".join(spec.key)
-        if spec.upsert:
-            updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in spec.columns if c not in spec.key)
-            action = f"DO UPDATE SET {updates}, updated_at = now()"
-        else:
-            action = "DO NOTHING"
-        # One row per key even if the write repeats a key (a bar and its correction):
-        # the last one staged wins.
-        await conn.execute(
-            f"INSERT INTO {self.schema}.{spec.name} ({cols}) "
-            f"SELECT DISTINCT ON ({key}) {cols} FROM {stage} ORDER BY {key}, ctid DESC "
-            f"ON CONFLICT ({key}) {action}"
-        )
+
+
+async def staged_upsert(
+    conn: Any,
+    table: str,
+    *,
+    schema: str,
+    columns: Sequence[str],
+    key: Sequence[str],
+    payload: bytes,
+    replace: bool,
+) -> None:
+    """Binary COPY into a temporary staging table, then INSERT … ON CONFLICT on `key`.
+
+    `replace`: a row already stored is updated (and its `updated_at` set), else kept. Runs
+    inside the caller's transaction; the staging table empties itself at commit.
+    """
+    stage = f"_stage_{table}"
+    await conn.execute(
+        f"CREATE TEMP TABLE IF NOT EXISTS {stage} "
+        f"(LIKE {schema}.{table} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+    )
+    await conn.copy_to_table(
+        stage, source=io.BytesIO(payload), columns=list(columns), format="binary"
+    )
+    cols = ", ".join(columns)
+    keys = ", ".join(key)
+    if replace:
+        updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in columns if c not in key)
+        action = f"DO UPDATE SET {updates}, updated_at = now()"
+    else:
+        action = "DO NOTHING"
+    # One row per key even if the write repeats a key (a bar and its correction):
+    # the last one staged wins.
+    await conn.execute(
+        f"INSERT INTO {schema}.{table} ({cols}) "
+        f"SELECT DISTINCT ON ({keys}) {cols} FROM {stage} ORDER BY {keys}, ctid DESC "
+        f"ON CONFLICT ({keys}) {action}"
+    )

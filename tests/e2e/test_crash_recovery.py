@@ -7,6 +7,7 @@ the sinks' idempotent writes absorb the repeats.
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import asyncpg
@@ -32,24 +33,30 @@ async def test_sigkill_mid_stream_then_restart(settings: Settings, pg: asyncpg.C
     t0 = (now // MIN - 21) * MIN
     rate = EVENTS / (20 * 60)
     generated = synthetic.generate(11, EVENTS, start_ns=t0, rate_per_s=rate)
-    async with BatchingProducer(settings, names["trades"]) as producer:
-        await synthetic.produce(producer, 11, EVENTS, start_ns=t0, rate_per_s=rate)
 
+    async def produce() -> None:
+        # Paced, so the worker is certainly mid-stream when it is killed: input keeps
+        # arriving for ~20 s, the kill comes once a tenth of it is stored.
+        async with BatchingProducer(settings, names["trades"]) as producer:
+            await synthetic.produce(producer, 11, EVENTS, start_ns=t0, rate_per_s=rate, pace=3000)
+
+    schema = settings.pg_schema
     log = ARTIFACTS / f"{settings.namespace}-crash.log"
     first = WorkerProcess(settings, log).start()
+    feeding = asyncio.create_task(produce())
 
     async def some_written() -> bool:
         if not await pg.fetchval("SELECT to_regclass($1) IS NOT NULL", f"{schema}.ticks"):
             return False
-        return bool(await pg.fetchval(f"SELECT count(*) >= 3000 FROM {schema}.ticks"))
+        return bool(await pg.fetchval(f"SELECT count(*) >= 6000 FROM {schema}.ticks"))
 
-    schema = settings.pg_schema
     try:
         await eventually(some_written, within=120, every=0.05)
     finally:
         first.kill()  # SIGKILL: no clean shutdown, no final commit
+    assert not feeding.done(), "the input ended before the kill: not a mid-stream crash"
+    await feeding
     reference = _reference_bars(generated)
-    assert await pg.fetchval(f"SELECT count(*) FROM {schema}.ticks") < EVENTS, "killed too late"
 
     second = WorkerProcess(settings, log).start()
     try:

@@ -36,6 +36,7 @@ from tests.conftest import ARTIFACTS, eventually, free_port
 
 MIN = 60_000_000_000
 GOOD = 20_000
+ROLLED = {"5m": 5 * MIN, "15m": 15 * MIN}  # higher timeframes checked against the ticks
 
 
 def _reference_bars(
@@ -59,6 +60,42 @@ def _reference_bars(
                 int(sel.sum()),
             )
     return out
+
+
+def _reference_rollups(
+    generated: list[tuple[Any, dict[str, np.ndarray]]],
+) -> dict[tuple[str, str, str, int], tuple[float, ...]]:
+    """5m/15m OHLCV straight from the ticks (not from 1m bars), keyed with the timeframe."""
+    out: dict[tuple[str, str, str, int], tuple[float, ...]] = {}
+    for inst, cols in generated:
+        order = np.argsort(cols["ts_event"], kind="stable")
+        ts, price, size = cols["ts_event"][order], cols["price"][order], cols["size"][order]
+        for tf, period in ROLLED.items():
+            bucket = ts // period * period
+            for start in np.unique(bucket):
+                sel = bucket == start
+                p = price[sel]
+                out[(inst.venue, inst.symbol, tf, int(start))] = (
+                    p[0],
+                    p.max(),
+                    p.min(),
+                    p[-1],
+                    size[sel].sum(),
+                    int(sel.sum()),
+                )
+    return out
+
+
+async def _stored_rollups(
+    pg: asyncpg.Connection, schema: str
+) -> dict[tuple[str, str, str, int], tuple[float, ...]]:
+    rows = await pg.fetch(
+        f"SELECT venue, symbol, timeframe, (extract(epoch from ts) * 1e9)::bigint AS start, "
+        f"open, high, low, close, volume, trades, flags FROM {schema}.bars "
+        f"WHERE timeframe = ANY($1::text[])",
+        list(ROLLED),
+    )
+    return {(r["venue"], r["symbol"], r["timeframe"], r["start"]): tuple(r)[4:] for r in rows}
 
 
 def _bad_records(first_good: MarketEventBatch, now: int) -> list[tuple[bytes, bytes, str]]:
@@ -120,7 +157,7 @@ async def _caught_up(settings: Settings, group: str) -> bool:
 async def _counts(pg: asyncpg.Connection, schema: str) -> tuple[int, int]:
     return (
         await pg.fetchval(f"SELECT count(*) FROM {schema}.ticks"),
-        await pg.fetchval(f"SELECT count(*) FROM {schema}.bars"),
+        await pg.fetchval(f"SELECT count(*) FROM {schema}.bars WHERE timeframe = '1m'"),
     )
 
 
@@ -153,8 +190,10 @@ async def test_whole_flow(settings: Settings, pg: asyncpg.Connection, rds: aiore
     worker = WorkerProcess(settings, ARTIFACTS / f"{settings.namespace}-worker1.log").start()
     try:
         now = time.time_ns()
-        t0 = (now // MIN - 14) * MIN  # 13 simulated minutes ending a minute before now
-        rate = GOOD / (13 * 60)
+        # 15 simulated minutes in the last whole quarter-hour: every 5m and 15m bar they
+        # touch closes with the 1m watermark (higher bars are rolled up from 1m bars)
+        t0 = (now // (15 * MIN) - 1) * 15 * MIN
+        rate = GOOD / (15 * 60)
         generated = synthetic.generate(5, GOOD, start_ns=t0, rate_per_s=rate)
         inst, cols = generated[0]
         first_good = MarketEventBatch.from_columns(Kind.TRADE, inst.venue, inst.symbol, cols)
@@ -179,8 +218,7 @@ async def test_whole_flow(settings: Settings, pg: asyncpg.Connection, rds: aiore
         async def all_stored() -> tuple[int, int] | None:
             if not await pg.fetchval("SELECT to_regclass($1) IS NOT NULL", f"{schema}.bars"):
                 return None  # the sink creates its tables with its first write
-            ticks = await pg.fetchval(f"SELECT count(*) FROM {schema}.ticks")
-            bars = await pg.fetchval(f"SELECT count(*) FROM {schema}.bars")
+            ticks, bars = await _counts(pg, schema)
             return (ticks, bars) if (ticks, bars) == (GOOD, len(reference)) else None
 
         counts = await eventually(all_stored, within=120, describe=lambda: _counts(pg, schema))
@@ -192,6 +230,29 @@ async def test_whole_flow(settings: Settings, pg: asyncpg.Connection, rds: aiore
             assert (so, sh, sl, sc, sn) == (o, h, lo, c, n), k
             assert np.isclose(sv, v, rtol=1e-12), k
             assert flags == 0, k
+
+        # 5m/15m bars rolled up in the stream equal those computed from the ticks. A bar
+        # ending after an instrument's last tick closes only as wall time passes (the
+        # watermark of an idle instrument advances with it): one ending within 30 s of the
+        # last tick must be there within the wait, a later one may or may not be.
+        rolled_ref = _reference_rollups(generated)
+        last_tick = {(i.venue, i.symbol): int(c["ts_event"].max()) for i, c in generated}
+        must = {k for k in rolled_ref if k[3] + ROLLED[k[2]] <= last_tick[(k[0], k[1])] + MIN // 2}
+        assert must and any(k[2] == "15m" for k in must)
+
+        async def rolled_stored() -> dict[Any, tuple[float, ...]] | None:
+            got = await _stored_rollups(pg, schema)
+            return got if must <= got.keys() else None
+
+        rolled = await eventually(rolled_stored, within=60)
+        assert rolled.keys() <= rolled_ref.keys()
+        for rk, (o, h, lo, c, v, n) in rolled_ref.items():
+            if rk not in rolled:
+                continue
+            so, sh, sl, sc, sv, sn, flags = rolled[rk]
+            assert (so, sh, sl, sc, sn) == (o, h, lo, c, n), rk
+            assert np.isclose(sv, v, rtol=1e-12), rk
+            assert flags == 0, rk
 
         # Redis: the latest trade per instrument and the bar history (its sink runs on its
         # own, so it may be a write behind the database for a moment)
