@@ -17,15 +17,13 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from typing import Any, Final
 
-import asyncpg
 import numpy as np
-import redis.asyncio as aioredis
 
 from schemas.ddl import indicators_ddl
 from schemas.events import TIMEFRAMES
 from schemas.indicator import INDICATORS, IndicatorRecord
 from schemas.pgcopy import HEADER, TRAILER, Column, PgType, encode_rows
-from streams.settings import Settings
+from streams.sinks.base import PgWriter, RedisClientWriter
 from streams.sinks.signals import SET_IF_NEWER
 from streams.sinks.timescale import staged_upsert
 
@@ -51,25 +49,8 @@ def _copy_block(group: Sequence[IndicatorRecord]) -> bytes:
     return encode_rows(columns, len(group))
 
 
-class IndicatorTimescaleWriter:
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.schema = settings.pg_schema
-        self.pool: asyncpg.Pool | None = None
-
-    async def start(self) -> None:
-        if self.pool is None:
-            self.pool = await asyncpg.create_pool(
-                self.settings.dsn_with_password(), min_size=1, max_size=2
-            )
-            async with self.pool.acquire() as conn, conn.transaction():
-                await conn.execute("SELECT pg_advisory_xact_lock(hashtext('sepstream-ddl'))")
-                await conn.execute(indicators_ddl(self.schema))
-
-    async def close(self) -> None:
-        if self.pool is not None:
-            await self.pool.close()
-            self.pool = None
+class IndicatorTimescaleWriter(PgWriter):
+    ddl = staticmethod(indicators_ddl)
 
     async def write(self, records: Iterable[IndicatorRecord]) -> dict[str, int]:
         groups: dict[tuple[str, str, str], list[IndicatorRecord]] = defaultdict(list)
@@ -99,22 +80,7 @@ def redis_fields(r: IndicatorRecord) -> dict[str, str | int | float]:
     return {k: "" if v is None else v for k, v in doc.items()}
 
 
-class IndicatorRedisWriter:
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.prefix = settings.redis_prefix
-        self.client: aioredis.Redis | None = None
-
-    async def start(self) -> None:
-        if self.client is None:
-            self.client = aioredis.from_url(self.settings.redis_url)
-            await self.client.ping()
-
-    async def close(self) -> None:
-        if self.client is not None:
-            await self.client.aclose()
-            self.client = None
-
+class IndicatorRedisWriter(RedisClientWriter):
     async def write(self, records: Iterable[IndicatorRecord]) -> dict[str, int]:
         latest: dict[tuple[str, str, str], IndicatorRecord] = {}
         for r in records:

@@ -16,11 +16,10 @@ from typing import Any
 
 import numpy as np
 import orjson
-import redis.asyncio as aioredis
 
 from schemas.batch import MarketEventBatch
 from schemas.events import TIMEFRAMES, Kind
-from streams.settings import Settings
+from streams.sinks.base import RedisClientWriter
 
 
 def bar_member(batch: MarketEventBatch, i: int) -> bytes:
@@ -41,22 +40,7 @@ def bar_member(batch: MarketEventBatch, i: int) -> bytes:
     )
 
 
-class RedisWriter:
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.prefix = settings.redis_prefix
-        self.client: aioredis.Redis | None = None
-
-    async def start(self) -> None:
-        if self.client is None:
-            self.client = aioredis.from_url(self.settings.redis_url)
-            await self.client.ping()
-
-    async def close(self) -> None:
-        if self.client is not None:
-            await self.client.aclose()
-            self.client = None
-
+class RedisWriter(RedisClientWriter):
     async def write(self, batches: Iterable[MarketEventBatch]) -> dict[str, int]:
         latest: dict[tuple[Kind, str], tuple[int, MarketEventBatch, int]] = {}
         bars: list[MarketEventBatch] = []

@@ -21,16 +21,14 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from typing import Any, Final
 
-import asyncpg
 import numpy as np
-import redis.asyncio as aioredis
 import structlog
 
 from schemas.ddl import signals_ddl
 from schemas.events import TIMEFRAMES
 from schemas.pgcopy import HEADER, TRAILER, Column, PgType, encode_rows
 from schemas.signal import Signal
-from streams.settings import Settings
+from streams.sinks.base import PgWriter, RedisClientWriter
 from streams.sinks.timescale import staged_upsert
 
 log = structlog.get_logger(__name__)
@@ -82,25 +80,8 @@ def _copy_block(group: Sequence[Signal]) -> bytes:
     return encode_rows(columns, len(group))
 
 
-class SignalTimescaleWriter:
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.schema = settings.pg_schema
-        self.pool: asyncpg.Pool | None = None
-
-    async def start(self) -> None:
-        if self.pool is None:
-            self.pool = await asyncpg.create_pool(
-                self.settings.dsn_with_password(), min_size=1, max_size=2
-            )
-            async with self.pool.acquire() as conn, conn.transaction():
-                await conn.execute("SELECT pg_advisory_xact_lock(hashtext('sepstream-ddl'))")
-                await conn.execute(signals_ddl(self.schema))
-
-    async def close(self) -> None:
-        if self.pool is not None:
-            await self.pool.close()
-            self.pool = None
+class SignalTimescaleWriter(PgWriter):
+    ddl = staticmethod(signals_ddl)
 
     async def write(self, signals: Iterable[Signal]) -> dict[str, int]:
         groups: dict[tuple[str, ...], list[Signal]] = defaultdict(list)
@@ -141,22 +122,7 @@ def redis_fields(s: Signal) -> dict[str, str | int | float]:
     return {k: int(v) if isinstance(v, bool) else v for k, v in doc.items()}
 
 
-class SignalRedisWriter:
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.prefix = settings.redis_prefix
-        self.client: aioredis.Redis | None = None
-
-    async def start(self) -> None:
-        if self.client is None:
-            self.client = aioredis.from_url(self.settings.redis_url)
-            await self.client.ping()
-
-    async def close(self) -> None:
-        if self.client is not None:
-            await self.client.aclose()
-            self.client = None
-
+class SignalRedisWriter(RedisClientWriter):
     async def write(self, signals: Iterable[Signal]) -> dict[str, int]:
         batch = list(signals)
         if not batch:
