@@ -26,7 +26,10 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 
+from schemas.envelope import CodecError, load_envelope
 from schemas.events import SCHEMA_VERSION, Kind, MarketEvent
+
+__all__ = ["COLUMNS", "CodecError", "MarketEventBatch", "decode_batch"]
 
 I8: Final = np.dtype(np.int64)
 F8: Final = np.dtype(np.float64)
@@ -71,15 +74,6 @@ COLUMNS: Final[dict[Kind, dict[str, ColumnSpec]]] = {
 }
 
 _KINDS: Final = {k.value: k for k in Kind}
-
-
-class CodecError(ValueError):
-    """A record that cannot be read as a batch; `reason` is the dead-letter reason code."""
-
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
 
 
 @dataclass(eq=False)
@@ -192,15 +186,7 @@ class MarketEventBatch:
 
 def decode_batch(data: bytes) -> MarketEventBatch:
     """Parse one wire record; raises `CodecError` with a dead-letter reason code."""
-    try:
-        doc = orjson.loads(data)
-    except orjson.JSONDecodeError as exc:
-        raise CodecError("malformed_json", str(exc)) from None
-    if not isinstance(doc, dict):
-        raise CodecError("malformed", "record is not a JSON object")
-    version = doc.get("v")
-    if version != SCHEMA_VERSION:
-        raise CodecError("unknown_version", f"v={version!r}")
+    doc = load_envelope(data, SCHEMA_VERSION)
     kind = _KINDS.get(doc.get("kind"))  # type: ignore[arg-type]
     if kind is None:
         raise CodecError("unknown_kind", f"kind={doc.get('kind')!r}")

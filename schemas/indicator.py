@@ -26,7 +26,7 @@ from typing import Any, Final
 
 import orjson
 
-from schemas.batch import CodecError
+from schemas.envelope import floats, integers, load_envelope, strings
 
 INDICATOR_VERSION: Final = 1
 # The outputs of kernels.indicators.IndicatorState with its default IndicatorConfig, in
@@ -91,29 +91,6 @@ def value_or_none(x: float) -> float | None:
 
 def decode_indicator(data: bytes) -> IndicatorRecord:
     """Parse one md.indicators.v1 record; raises `CodecError` (with a dead-letter reason)."""
-    try:
-        doc = orjson.loads(data)
-    except orjson.JSONDecodeError as exc:
-        raise CodecError("malformed_json", str(exc)) from None
-    if not isinstance(doc, dict):
-        raise CodecError("malformed", "record is not a JSON object")
-    if doc.get("v") != INDICATOR_VERSION:
-        raise CodecError("unknown_version", f"v={doc.get('v')!r}")
-    fields: dict[str, Any] = {}
-    for name in _STRS:
-        value = doc.get(name)
-        if not isinstance(value, str):
-            raise CodecError("malformed", f"{name} must be a string")
-        fields[name] = value
-    for name in _INTS:
-        value = doc.get(name)
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise CodecError("malformed", f"{name} must be an integer")
-        fields[name] = value
-    values: dict[str, float | None] = {}
-    for name in INDICATORS:
-        value = doc.get(name)
-        if value is not None and (not isinstance(value, int | float) or isinstance(value, bool)):
-            raise CodecError("malformed", f"{name} must be a number or null")
-        values[name] = None if value is None else float(value)
-    return IndicatorRecord(values=values, **fields)
+    doc = load_envelope(data, INDICATOR_VERSION)
+    fields: dict[str, Any] = {**strings(doc, _STRS), **integers(doc, _INTS)}
+    return IndicatorRecord(values=floats(doc, INDICATORS, nullable=True), **fields)

@@ -24,7 +24,7 @@ from typing import Any, Final
 
 import orjson
 
-from schemas.batch import CodecError
+from schemas.envelope import booleans, floats, integers, load_envelope, strings
 
 SIGNAL_VERSION: Final = 1
 
@@ -68,33 +68,11 @@ class Signal:
 
 def decode_signal(data: bytes) -> Signal:
     """Parse one md.signals.v1 record; raises `CodecError` (with a dead-letter reason)."""
-    try:
-        doc = orjson.loads(data)
-    except orjson.JSONDecodeError as exc:
-        raise CodecError("malformed_json", str(exc)) from None
-    if not isinstance(doc, dict):
-        raise CodecError("malformed", "record is not a JSON object")
-    if doc.get("v") != SIGNAL_VERSION:
-        raise CodecError("unknown_version", f"v={doc.get('v')!r}")
-    fields: dict[str, Any] = {}
-    for name in _STRS:
-        value = doc.get(name)
-        if not isinstance(value, str):
-            raise CodecError("malformed", f"{name} must be a string")
-        fields[name] = value
-    for name in _INTS:
-        value = doc.get(name)
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise CodecError("malformed", f"{name} must be an integer")
-        fields[name] = value
-    for name in _FLOATS:
-        value = doc.get(name)
-        if not isinstance(value, int | float) or isinstance(value, bool):
-            raise CodecError("malformed", f"{name} must be a number")
-        fields[name] = float(value)
-    for name in _BOOLS:
-        value = doc.get(name)
-        if not isinstance(value, bool):
-            raise CodecError("malformed", f"{name} must be a boolean")
-        fields[name] = value
+    doc = load_envelope(data, SIGNAL_VERSION)
+    fields: dict[str, Any] = {
+        **strings(doc, _STRS),
+        **integers(doc, _INTS),
+        **floats(doc, _FLOATS),
+        **booleans(doc, _BOOLS),
+    }
     return Signal(**fields)
