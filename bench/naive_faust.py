@@ -23,11 +23,9 @@ import asyncio
 import functools
 import math
 import os
-import tempfile
 import time
 from collections import deque
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any, Final
 
 import faust
@@ -41,6 +39,7 @@ from kernels.bars import GAP, Bar, BarBook, bars_to_columns
 from schemas.batch import MarketEventBatch
 from schemas.deadletter import dead_letter
 from schemas.events import NS_PER_S, SCHEMA_VERSION, SYMBOL_RE, TIMEFRAMES, VENUE_RE, Kind
+from streams.app import new_faust_app
 from streams.logs import configure_logging
 from streams.settings import Settings
 from streams.sinks.redis import RedisWriter
@@ -258,33 +257,12 @@ class BufferedSink:
 def create_app(
     settings: Settings, flush_records: int, flush_ms: float, *, bare: bool = False
 ) -> faust.App:
-    """The same broker/consumer tuning as `streams.app.create_app`; one per-record agent.
+    """The worker's Faust configuration (`new_faust_app`), with one per-record agent.
 
     `bare`: the agent only decodes each record (no validation, bars or sinks) — what the
     Faust per-record machinery alone costs, as a ceiling for the naive variant.
     """
-    datadir = Path(tempfile.gettempdir()) / "sepstream-faust" / settings.group_id
-    datadir.mkdir(parents=True, exist_ok=True)
-    app = faust.App(
-        settings.group_id,
-        broker=settings.broker_urls,
-        value_serializer="raw",
-        topic_partitions=settings.partitions,
-        topic_replication_factor=1,
-        web_enabled=False,
-        broker_session_timeout=settings.session_timeout_s,
-        broker_heartbeat_interval=min(3.0, settings.session_timeout_s / 3),
-        broker_rebalance_timeout=settings.rebalance_timeout_s,
-        broker_commit_interval=settings.commit_interval_s,
-        consumer_auto_offset_reset="earliest",
-        producer_linger=0.005,
-        producer_max_batch_size=1_048_576,
-        consumer_max_fetch_size=4_194_304,
-        stream_buffer_maxsize=1024,
-        stream_wait_empty=False,
-        store="memory://",
-        datadir=str(datadir),
-    )
+    app = new_faust_app(settings, web_enabled=False)
 
     def topic(name: str) -> faust.TopicT:
         return app.topic(

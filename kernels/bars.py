@@ -19,7 +19,7 @@ bar is folded into the higher bars too (CORRECTED when they had already closed).
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -96,6 +96,30 @@ def aggregate(
     ]
 
 
+class _Timeframe(Protocol):
+    period_ns: int
+    forming: dict[int, Bar]
+    closed: dict[int, Bar]
+    closed_through: int
+    gap_starts: set[int]
+
+
+def flag_gap(book: _Timeframe, ts: int) -> Bar | None:
+    """Flag the bar of `book` holding `ts` (or the one it will form); a bar already closed
+    is flagged GAP and CORRECTED and returned for re-emission, once."""
+    start = (ts // book.period_ns) * book.period_ns
+    if start + book.period_ns <= book.closed_through:
+        bar = book.closed.get(start)
+        if bar is None or bar.flags & GAP:
+            return None
+        bar.flags |= GAP | CORRECTED
+        return bar
+    book.gap_starts.add(start)
+    if start in book.forming:
+        book.forming[start].flags |= GAP
+    return None
+
+
 @dataclass
 class BarBook:
     """Forming bars of one instrument and one timeframe, with its watermark."""
@@ -150,17 +174,7 @@ class BarBook:
 
     def mark_gap(self, ts: int) -> Bar | None:
         """Flag the bar holding `ts`; returns a corrected bar if that bar already closed."""
-        start = (ts // self.period_ns) * self.period_ns
-        if start + self.period_ns <= self.closed_through:
-            bar = self.closed.get(start)
-            if bar is None or bar.flags & GAP:
-                return None
-            bar.flags |= GAP | CORRECTED
-            return bar
-        self.gap_starts.add(start)
-        if start in self.forming:
-            self.forming[start].flags |= GAP
-        return None
+        return flag_gap(self, ts)
 
     def close_due(self, idle_wall_ns: int | None) -> list[Bar]:
         """Close and return, in time order, every forming bar the watermark has passed."""
@@ -267,17 +281,7 @@ class Rollup:
 
     def mark_gap(self, ts: int) -> Bar | None:
         """As `BarBook.mark_gap`, for this timeframe."""
-        start = (ts // self.period_ns) * self.period_ns
-        if start + self.period_ns <= self.closed_through:
-            bar = self.closed.get(start)
-            if bar is None or bar.flags & GAP:
-                return None
-            bar.flags |= GAP | CORRECTED
-            return bar
-        self.gap_starts.add(start)
-        if start in self.forming:
-            self.forming[start].flags |= GAP
-        return None
+        return flag_gap(self, ts)
 
     def close_due(self, wm: int) -> list[Bar]:
         """Close the bars the 1m watermark `wm` has passed (their 1m bars are all folded)."""

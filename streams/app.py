@@ -59,18 +59,17 @@ def make_topics(app: faust.App, settings: Settings) -> Topics:
     return Topics(**made, model=model)
 
 
-def create_app(settings: Settings) -> faust.App:
-    from streams import commit_watchdog
-
-    commit_watchdog.install_strict_consumer()
+def new_faust_app(settings: Settings, *, web_enabled: bool = True) -> faust.App:
+    """A Faust app tuned for this pipeline (and the benchmark's baseline), with no agents."""
     datadir = Path(tempfile.gettempdir()) / "sepstream-faust" / settings.group_id
     datadir.mkdir(parents=True, exist_ok=True)
-    app = faust.App(
+    return faust.App(
         settings.group_id,
         broker=settings.broker_urls,
         value_serializer="raw",
         topic_partitions=settings.partitions,
         topic_replication_factor=1,
+        web_enabled=web_enabled,
         web_host=settings.web_host,
         web_port=settings.web_port,
         web_bind=settings.web_host,
@@ -91,6 +90,13 @@ def create_app(settings: Settings) -> faust.App:
         # Faust keeps a little local metadata; never in the working directory.
         datadir=str(datadir),
     )
+
+
+def create_app(settings: Settings) -> faust.App:
+    from streams import commit_watchdog
+
+    commit_watchdog.install_strict_consumer()
+    app = new_faust_app(settings)
     topics = make_topics(app, settings)
 
     from agents import bars, damping, indicators, sinks, validate

@@ -96,7 +96,9 @@ async def wait_reconciled(
 ) -> Progress:
     """Poll until accepted + dead-lettered == produced and the group has no lag left."""
     names = hot_topics(settings)
-    watched = [names["trades"], names["events"], names["bars"]]
+    # every topic the worker's group consumes, so the last bars, signals and indicators
+    # are stored too when this returns
+    watched = [topic for name, topic in names.items() if name != "dlq"]
     deadline = time.monotonic() + timeout_s
     p = Progress()
     while time.monotonic() < deadline:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 
 import asyncpg
 import redis.asyncio as aioredis
 
+from schemas.pgcopy import HEADER, TRAILER
 from streams.settings import Settings
+from streams.sinks.timescale import staged_upsert
 
 
 class PgWriter:
@@ -36,6 +38,23 @@ class PgWriter:
         if self.pool is not None:
             await self.pool.close()
             self.pool = None
+
+    async def upsert(
+        self, table: str, columns: Sequence[str], key: Sequence[str], blocks: Iterable[bytes]
+    ) -> None:
+        """One transaction: the COPY row blocks staged, then upserted on `key` (replacing)."""
+        assert self.pool is not None, "start() first"
+        payload = HEADER + b"".join(blocks) + TRAILER
+        async with self.pool.acquire() as conn, conn.transaction():
+            await staged_upsert(
+                conn,
+                table,
+                schema=self.schema,
+                columns=columns,
+                key=key,
+                payload=payload,
+                replace=True,
+            )
 
 
 class RedisClientWriter:

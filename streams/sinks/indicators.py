@@ -22,10 +22,9 @@ import numpy as np
 from schemas.ddl import indicators_ddl
 from schemas.events import TIMEFRAMES
 from schemas.indicator import INDICATORS, IndicatorRecord
-from schemas.pgcopy import HEADER, TRAILER, Column, PgType, encode_rows
+from schemas.pgcopy import Column, PgType, encode_rows
 from streams.sinks.base import PgWriter, RedisClientWriter
 from streams.sinks.signals import SET_IF_NEWER
-from streams.sinks.timescale import staged_upsert
 
 COLUMNS: Final = ("ts", "venue", "symbol", "timeframe", "flags", *INDICATORS, "ts_emit_ns")
 KEY: Final = ("venue", "symbol", "timeframe", "ts")
@@ -58,18 +57,7 @@ class IndicatorTimescaleWriter(PgWriter):
             groups[(r.venue, r.symbol, r.timeframe)].append(r)
         if not groups:
             return {}
-        assert self.pool is not None, "start() first"
-        payload = HEADER + b"".join(_copy_block(g) for g in groups.values()) + TRAILER
-        async with self.pool.acquire() as conn, conn.transaction():
-            await staged_upsert(
-                conn,
-                "indicators",
-                schema=self.schema,
-                columns=COLUMNS,
-                key=KEY,
-                payload=payload,
-                replace=True,
-            )
+        await self.upsert("indicators", COLUMNS, KEY, map(_copy_block, groups.values()))
         return {"indicators": sum(len(g) for g in groups.values())}
 
 

@@ -26,10 +26,9 @@ import structlog
 
 from schemas.ddl import signals_ddl
 from schemas.events import TIMEFRAMES
-from schemas.pgcopy import HEADER, TRAILER, Column, PgType, encode_rows
+from schemas.pgcopy import Column, PgType, encode_rows
 from schemas.signal import Signal
 from streams.sinks.base import PgWriter, RedisClientWriter
-from streams.sinks.timescale import staged_upsert
 
 log = structlog.get_logger(__name__)
 
@@ -89,18 +88,7 @@ class SignalTimescaleWriter(PgWriter):
             groups[(s.venue, s.symbol, s.timeframe, s.library_version, s.backend)].append(s)
         if not groups:
             return {}
-        assert self.pool is not None, "start() first"
-        payload = HEADER + b"".join(_copy_block(g) for g in groups.values()) + TRAILER
-        async with self.pool.acquire() as conn, conn.transaction():
-            await staged_upsert(
-                conn,
-                "signals",
-                schema=self.schema,
-                columns=COLUMNS,
-                key=KEY,
-                payload=payload,
-                replace=True,
-            )
+        await self.upsert("signals", COLUMNS, KEY, map(_copy_block, groups.values()))
         return {"signals": sum(len(g) for g in groups.values())}
 
 
