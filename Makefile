@@ -30,6 +30,7 @@ status:
 
 bench: $(STAMP) services         ## benchmarks (not tests); figures go to docs/BENCHMARKS.md
 	$(BIN)/python -m bench.pipeline
+	$(BIN)/python -m bench.e2e --compare --latency --rss
 	$(BIN)/python -m bench.damping
 	$(BIN)/python -m bench.indicators
 

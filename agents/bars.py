@@ -11,6 +11,9 @@ Higher-timeframe bars close when the 1m watermark passes their end and live in t
 table value as the 1m state, so they are exactly as restart-safe. One md.bars.v1 record
 carries bars of one timeframe.
 Bar records from OHLCV sources are already closed bars and pass straight through.
+Each instrument's forming 1m bars go to Redis after every record applied (FormingBarWriter,
+coalesced and off the agent's path): forming bars update Redis, closed bars are final and
+reach TimescaleDB and Redis through md.bars.v1.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from schemas.events import NS_PER_S, TIMEFRAMES, Kind
 from streams.app import Topics
 from streams.metrics import BARS_CLOSED, BARS_CORRECTED, DEAD_LETTERS
 from streams.settings import Settings
+from streams.sinks.redis import FormingBarWriter
 
 log = structlog.get_logger(__name__)
 STAGE: Final = "bars"
@@ -64,6 +68,7 @@ def register(app: faust.App, topics: Topics, settings: Settings) -> None:
         use_partitioner=True,  # the timer writes too, outside any input event
     )
     keep_ns = horizon * 60 * NS_PER_S
+    forming = FormingBarWriter(settings)
     busy = asyncio.Lock()  # close → emit → save is one step for the agent and the timer
     books: dict[bytes, MultiBook] = {}
     partition_of: dict[bytes, Any] = {}  # instrument → its md.events.v1 partition
@@ -175,6 +180,7 @@ def register(app: faust.App, topics: Topics, settings: Settings) -> None:
                 closed = book.close_due(None)  # event time only: more input may be queued
                 await emit(key, batch.venue, batch.symbol, closed, corrections)
                 save(key, book)
+                forming.update(batch.venue, batch.symbol, book.base.forming.values())
 
     def idle(key: bytes) -> bool:
         """No input waiting in this instrument's partition: its quiet is real, not lag."""
@@ -194,6 +200,7 @@ def register(app: faust.App, topics: Topics, settings: Settings) -> None:
                     venue, _, symbol = key.decode().partition(":")
                     await emit(key, venue, symbol, closed, {})
                     save(key, book)
+                    forming.update(venue, symbol, book.base.forming.values())
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]  # mode types receivers oddly
     async def forget(sender: Any, *args: Any, signal: Any = None, **kwargs: Any) -> None:
@@ -202,3 +209,7 @@ def register(app: faust.App, topics: Topics, settings: Settings) -> None:
         applied.clear()
         partition_of.clear()
         last_read.clear()
+
+    @app.on_before_shutdown.connect  # type: ignore[arg-type]  # mode types receivers oddly
+    async def close(sender: Any, *args: Any, signal: Any = None, **kwargs: Any) -> None:
+        await forming.close()

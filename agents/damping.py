@@ -49,6 +49,7 @@ from schemas.events import Kind
 from schemas.signal import Signal, decode_signal
 from streams.app import Topics
 from streams.library import Library, follow
+from streams.metrics import KERNEL_SECONDS
 from streams.settings import Settings
 from streams.sinks.signals import SignalRedisWriter, SignalTimescaleWriter
 
@@ -56,7 +57,6 @@ log = structlog.get_logger(__name__)
 STAGE: Final = "damping"
 
 SIGNALS: Final = Counter("sepstream_signals", "Signals emitted, by library version", ["library"])
-DAMP_SECONDS: Final = Histogram("sepstream_damp_seconds", "One damp() call of a micro-batch")
 DAMP_ROWS: Final = Histogram(
     "sepstream_damp_rows",
     "Windows per damp() call",
@@ -286,7 +286,9 @@ def register(app: faust.App, topics: Topics, settings: Settings) -> None:
                     dtype=settings.damping_dtype,
                     library_version=lib.version,
                 )
-                DAMP_SECONDS.observe(time.perf_counter() - started)
+                KERNEL_SECONDS.labels("damping", result.backend).observe(
+                    time.perf_counter() - started
+                )
                 DAMP_ROWS.observe(len(windows))
                 signals = to_signals(windows, result, window)
                 await retry_forever("signals-publish", functools.partial(publish, signals), 5.0)

@@ -48,6 +48,7 @@ from schemas.batch import CodecError, decode_batch
 from schemas.events import Kind
 from schemas.indicator import IndicatorRecord, decode_indicator, value_or_none
 from streams.app import Topics
+from streams.metrics import KERNEL_SECONDS
 from streams.settings import Settings
 from streams.sinks.indicators import IndicatorRedisWriter, IndicatorTimescaleWriter
 
@@ -168,6 +169,7 @@ class Books:
                     queues.append((self.slot(key, tf), fresh))
             for r in range(max((len(q) for _, q in queues), default=0)):
                 row = [(slot, q[r]) for slot, q in queues if len(q) > r]
+                started = time.perf_counter()
                 values = st.update(
                     np.array([s for s, _ in row], dtype=np.intp),
                     np.array([b.ts for _, b in row], dtype=np.int64),
@@ -177,6 +179,7 @@ class Books:
                     np.array([b.close for _, b in row]),
                     np.array([b.volume for _, b in row]),
                 )
+                KERNEL_SECONDS.labels("indicators", "numpy").observe(time.perf_counter() - started)
                 ROUND_ROWS.observe(len(row))
                 for j, (_, b) in enumerate(row):
                     out.append(

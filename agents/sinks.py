@@ -21,7 +21,14 @@ import structlog
 from schemas.batch import CodecError, MarketEventBatch, decode_batch
 from schemas.deadletter import dead_letter
 from streams.app import Topics
-from streams.metrics import DEAD_LETTERS, SINK_LATENCY, SINK_RETRIES, SINK_ROWS, SINK_SECONDS
+from streams.metrics import (
+    DEAD_LETTERS,
+    SINK_BUFFERED,
+    SINK_LATENCY,
+    SINK_RETRIES,
+    SINK_ROWS,
+    SINK_SECONDS,
+)
 from streams.settings import Settings
 from streams.sinks.redis import RedisWriter
 from streams.sinks.timescale import TimescaleWriter
@@ -89,8 +96,16 @@ def register_sink[T](
         await writer.start()  # (re)connects lazily: the store may be down at boot
         return await writer.write(items)
 
+    # The agent's input queue is bounded (stream_buffer_maxsize); while a write is retried
+    # it fills, and Faust stops fetching the partitions that feed it. Shown, to be checked.
+    inputs: list[Any] = []
+    SINK_BUFFERED.labels(name).set_function(
+        lambda: sum(s.channel.queue.qsize() for s in inputs)
+    )
+
     @app.agent(channel, name=f"sink-{name}")
     async def sink(stream: faust.StreamT[bytes]) -> None:
+        inputs[:] = [stream]  # one actor per sink; a restarted one replaces it
         # noack_take is on faust.Stream; the StreamT protocol does not declare it
         async for events in stream.noack_take(  # type: ignore[attr-defined]
             settings.sink_max_records, within=settings.sink_linger_ms / 1000

@@ -75,6 +75,8 @@ class Validator:
         if batch.bad_type is not None:
             rules.append(("wrong_type", batch.bad_type))
         rules.append(("bad_timestamp", (ts <= 0) | (c["ts_recv"] <= 0)))
+        # before any market data we take: seconds, ms or µs written where ns belong
+        rules.append(("implausible_timestamp", ts < self.settings.min_event_time_s * NS_PER_S))
         rules.append(
             ("future_timestamp", ts > now_ns + self.settings.max_future_skew_ms * 1_000_000)
         )

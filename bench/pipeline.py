@@ -532,15 +532,17 @@ class Profiler:
     samples show where the worker's CPU goes.
     """
 
-    def __init__(self, out_dir: Path, pid: int, name: str) -> None:
+    def __init__(self, out_dir: Path, pid: int, name: str, *, native: bool = False) -> None:
         self.path = out_dir / f"{name}.txt"
         self.pid = pid
+        self.native = native  # include C frames (numpy, orjson); pauses the worker to sample
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         exe = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or "py-spy"
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        args = ["record", "--pid", str(self.pid), "--rate", "200", "--nonblocking"]
+        args = ["record", "--pid", str(self.pid), "--rate", "200"]
+        args += ["--native"] if self.native else ["--nonblocking"]
         args += ["--format", "raw", "--output", str(self.path)]
         self.proc = subprocess.Popen(
             [exe, *args],

@@ -17,6 +17,7 @@
 # SEPSTREAM_DEV_DIR moves the instance state elsewhere (with other ports: a second, private set
 # of services, as the fault tests use); the TimescaleDB build stays cached in <repo>/.dev.
 # Environment: SEPSTREAM_DEV_{KAFKA,PG,REDIS}_PORT, SEPSTREAM_DEV_PG_PASSWORD (default sepstream),
+# SEPSTREAM_DEV_TLS_DIR (ca.crt, server.crt, server.key: PostgreSQL hostssl-only, Redis TLS-only),
 # SEPSTREAM_PYTHON (default <repo>/.venv/bin/python), SEPSTREAM_DEV_WAIT_S (default 60),
 # SEPSTREAM_DEV_DEBIAN_MIRROR (overrides the archive URI read from the apt sources).
 set -euo pipefail
@@ -282,11 +283,29 @@ log_timezone = 'UTC'
 log_line_prefix = '%m [%p] %q%u@%d '
 log_min_duration_statement = 1000
 EOF
+  local tcp=host
+  # TLS opt-in (SEPSTREAM_DEV_TLS_DIR with ca.crt server.crt server.key): copies owned by the
+  # cluster user (PostgreSQL refuses a group/world-readable key), TCP over TLS only.
+  if [[ -n ${SEPSTREAM_DEV_TLS_DIR:-} ]]; then
+    local f
+    for f in ca.crt server.crt server.key; do
+      [[ -r $SEPSTREAM_DEV_TLS_DIR/$f ]] || die "SEPSTREAM_DEV_TLS_DIR lacks $f"
+      install -m 0600 "$SEPSTREAM_DEV_TLS_DIR/$f" "$PGDATA/tls-$f"
+      if [[ $EUID -eq 0 ]]; then chown "$PG_OS_USER": "$PGDATA/tls-$f"; fi
+    done
+    as_pg tee -a "$PGDATA/sepstream-dev.conf" >/dev/null <<EOF
+ssl = on
+ssl_cert_file = 'tls-server.crt'
+ssl_key_file = 'tls-server.key'
+ssl_ca_file = 'tls-ca.crt'
+EOF
+    tcp=hostssl
+  fi
   as_pg tee "$PGDATA/pg_hba.conf" >/dev/null <<EOF
 # written by deploy/dev.sh: superuser over the socket by peer, everyone else by password
 local   all   $PG_SUPERUSER                    peer
 local   all   all                              scram-sha-256
-host    all   all           127.0.0.1/32       scram-sha-256
+$tcp    all   all           127.0.0.1/32       scram-sha-256
 EOF
 }
 
@@ -343,21 +362,36 @@ redis_up() {
   pid_alive "$RUN/redis.pid" redis-server && return 0
   tcp_open "$REDIS_PORT" && die "port $REDIS_PORT is already taken by another process"
   mkdir -p "$DEV/redis"
+  # TLS opt-in (SEPSTREAM_DEV_TLS_DIR): the port speaks TLS only; clients are not asked for
+  # certificates. Debian's redis-server is built with TLS.
+  local listen=(--port "$REDIS_PORT")
+  if [[ -n ${SEPSTREAM_DEV_TLS_DIR:-} ]]; then
+    listen=(--port 0 --tls-port "$REDIS_PORT" --tls-auth-clients no
+      --tls-cert-file "$SEPSTREAM_DEV_TLS_DIR/server.crt"
+      --tls-key-file "$SEPSTREAM_DEV_TLS_DIR/server.key"
+      --tls-ca-cert-file "$SEPSTREAM_DEV_TLS_DIR/ca.crt")
+  fi
   # No persistence: the dev cache is rebuilt by the pipeline (DESIGN.md §4).
-  redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --protected-mode yes \
+  redis-server --bind 127.0.0.1 "${listen[@]}" --protected-mode yes \
     --daemonize yes --pidfile "$RUN/redis.pid" --logfile "$LOGS/redis.log" \
     --dir "$DEV/redis" --save "" --appendonly no 9>&- \
     || die "redis-server did not start (see $LOGS/redis.log)"
   wait_for redis redis_ready
 }
 
-redis_ready() { [[ $(redis-cli -h 127.0.0.1 -p "$REDIS_PORT" ping 2>/dev/null) == PONG ]]; }
+redis_cli() {  # redis-cli against this instance, over TLS when SEPSTREAM_DEV_TLS_DIR is set
+  local tls=()
+  [[ -z ${SEPSTREAM_DEV_TLS_DIR:-} ]] || tls=(--tls --cacert "$SEPSTREAM_DEV_TLS_DIR/ca.crt")
+  redis-cli "${tls[@]}" -h 127.0.0.1 -p "$REDIS_PORT" "$@"
+}
+
+redis_ready() { [[ $(redis_cli ping 2>/dev/null) == PONG ]]; }
 
 redis_down() {
   local pid
   pid_alive "$RUN/redis.pid" redis-server || { rm -f "$RUN/redis.pid"; return 0; }
   pid=$(pidof_file "$RUN/redis.pid")
-  redis-cli -h 127.0.0.1 -p "$REDIS_PORT" shutdown nosave >/dev/null 2>&1 || kill "$pid" 2>/dev/null || true
+  redis_cli shutdown nosave >/dev/null 2>&1 || kill "$pid" 2>/dev/null || true
   wait_gone "$pid" || kill -9 "$pid" 2>/dev/null || true
   rm -f "$RUN/redis.pid"
 }

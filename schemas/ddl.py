@@ -7,6 +7,9 @@ retention otherwise falls back to a scheduled `drop_chunks_sql`.
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import re
 from importlib.resources import files
 from typing import Final
@@ -130,3 +133,79 @@ def drop_chunks_sql(schema: str, table: str) -> str:
         f"SELECT drop_chunks('{check_ident(schema)}.{table}', "
         "older_than => now() - make_interval(days => $1))"
     )
+
+
+AUDIT_TABLE: Final = "audit_log"
+
+
+def audit_ddl(schema: str) -> str:
+    """`audit_log` (sql/audit.sql), idempotent."""
+    text = files("schemas").joinpath("sql/audit.sql").read_text()
+    return text.replace("{schema}", check_ident(schema))
+
+
+def scram_verifier(password: str, salt: bytes, iterations: int = 4096) -> str:
+    """PostgreSQL's SCRAM-SHA-256 password verifier (what `pg_authid` stores, RFC 5803).
+
+    `ALTER ROLE … PASSWORD '<verifier>'` sets a password without its clear text ever being
+    in a statement, so it cannot end up in the server log. PostgreSQL SASLprep-normalises
+    passwords; for ASCII that is the identity, so other passwords are refused here.
+    """
+    if not password or not password.isascii():
+        raise ValueError("role passwords must be non-empty ASCII")
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
+    client_key = hmac.digest(salted, b"Client Key", "sha256")
+    stored_key = hashlib.sha256(client_key).digest()
+    server_key = hmac.digest(salted, b"Server Key", "sha256")
+
+    def b64(raw: bytes) -> str:
+        return base64.b64encode(raw).decode()
+
+    return f"SCRAM-SHA-256${iterations}:{b64(salt)}${b64(stored_key)}:{b64(server_key)}"
+
+
+def login_role_ddl(role: str, verifier: str | None) -> list[str]:
+    """Create a LOGIN role if missing (needs CREATEROLE), and set its password if one is given.
+
+    Roles are cluster-wide, so one writer/reader pair can serve every namespace's schema.
+    """
+    r = check_ident(role)
+    out = [
+        f"DO $$BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{r}') "
+        f"THEN CREATE ROLE {r} LOGIN; END IF; END$$"
+    ]
+    if verifier is not None:
+        if not verifier.startswith("SCRAM-SHA-256$") or "'" in verifier:
+            raise ValueError("not a SCRAM-SHA-256 verifier")
+        out.append(f"ALTER ROLE {r} WITH LOGIN PASSWORD '{verifier}'")
+    return out
+
+
+def grants_ddl(schema: str, *, writer: str | None, reader: str | None) -> list[str]:
+    """Least privilege on one namespace's schema, idempotent; run by the schema owner after
+    every table exists.
+
+    writer (the sinks): USAGE on the schema, SELECT/INSERT/UPDATE on the data tables, INSERT
+    and SELECT on the audit log; no CREATE, so no DDL. reader (the query path): SELECT only.
+    Both lose any CREATE on the schema they may have been given.
+    """
+    s = check_ident(schema)
+    out = []
+    if writer is not None:
+        w = check_ident(writer)
+        out += [
+            f"GRANT USAGE ON SCHEMA {s} TO {w}",
+            f"REVOKE CREATE ON SCHEMA {s} FROM {w}",
+            f"GRANT SELECT ON ALL TABLES IN SCHEMA {s} TO {w}",
+            f"GRANT INSERT, UPDATE ON {', '.join(f'{s}.{t}' for t in TABLES)} TO {w}",
+            f"REVOKE UPDATE, DELETE, TRUNCATE ON {s}.{AUDIT_TABLE} FROM {w}",
+            f"GRANT INSERT ON {s}.{AUDIT_TABLE} TO {w}",
+        ]
+    if reader is not None:
+        r = check_ident(reader)
+        out += [
+            f"GRANT USAGE ON SCHEMA {s} TO {r}",
+            f"REVOKE CREATE ON SCHEMA {s} FROM {r}",
+            f"GRANT SELECT ON ALL TABLES IN SCHEMA {s} TO {r}",
+        ]
+    return out

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import faust
 
+from streams.connections import kafka_credentials
 from streams.settings import Settings
 
 
@@ -66,6 +67,7 @@ def new_faust_app(settings: Settings, *, web_enabled: bool = True) -> faust.App:
     return faust.App(
         settings.group_id,
         broker=settings.broker_urls,
+        broker_credentials=kafka_credentials(settings),  # TLS/SASL (docs/OPERATIONS.md)
         value_serializer="raw",
         topic_partitions=settings.partitions,
         topic_replication_factor=1,
@@ -99,7 +101,7 @@ def create_app(settings: Settings) -> faust.App:
     app = new_faust_app(settings)
     topics = make_topics(app, settings)
 
-    from agents import bars, damping, indicators, sinks, validate
+    from agents import bars, damping, indicators, lag, sinks, validate
     from streams import web
 
     validate.register(app, topics, settings)
@@ -107,6 +109,7 @@ def create_app(settings: Settings) -> faust.App:
     sinks.register(app, topics, settings)
     damping.register(app, topics, settings)
     indicators.register(app, topics, settings)
+    lag.register(app, topics, settings)
     web.register(app, settings)
     commit_watchdog.register(app)
     return app

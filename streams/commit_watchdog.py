@@ -17,6 +17,7 @@ with the start position and commits only from exactly the next offset.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -26,6 +27,7 @@ from aiokafka import TopicPartition
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
 from streams.inspect import true_end_offsets
+from streams.metrics import ASYNCIO_TASKS, PAUSED_PARTITIONS
 
 log = structlog.get_logger(__name__)
 
@@ -71,7 +73,8 @@ class StrictConsumer(faust_aiokafka.Consumer):
         bootstrap = ",".join(f"{u.host}:{u.port or 9092}" for u in self.app.conf.broker_consumer)
         tps = [TopicPartition(tp.topic, tp.partition) for tp in partitions]
         # short: a partition that returns nothing within it is empty, as listed
-        true = await true_end_offsets(bootstrap, tps, timeout_s=1.0)
+        auth = faust_aiokafka.credentials_to_aiokafka_auth(self.app.conf.broker_credentials)
+        true = await true_end_offsets(bootstrap, tps, timeout_s=1.0, **auth)
         return {
             tp: max(int(listed.get(tp) or 0), true[TopicPartition(tp.topic, tp.partition)])
             for tp in partitions
@@ -92,6 +95,13 @@ def install_strict_consumer() -> None:
 
 def register(app: faust.App, *, every_s: float = 5.0, patience: int = 3) -> None:
     suspects: dict[Any, tuple[tuple[int, int], int]] = {}
+
+    @app.timer(1.0, name="runtime-gauges")
+    async def runtime_gauges() -> None:
+        """Leak and back-pressure signals next to the commit checks: live tasks (a leak grows
+        them), partitions whose fetching Faust paused because a stream buffer is full."""
+        ASYNCIO_TASKS.set(len(asyncio.all_tasks()))
+        PAUSED_PARTITIONS.set(len(getattr(app.consumer, "_buffered_partitions", ())))
 
     @app.timer(every_s, name="commit-watchdog")
     async def watch() -> None:

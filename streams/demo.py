@@ -14,11 +14,10 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import asyncpg
-import redis.asyncio as aioredis
 import structlog
 
 from schemas.ddl import check_ident
+from streams.connections import pg_connect, redis_client
 from streams.inspect import (
     count_events,
     dead_letter_reasons,
@@ -126,14 +125,14 @@ async def fresh_namespace(settings: Settings) -> Settings:
     Earlier demo runs' tables and keys are dropped; this run's stay for inspection.
     """
     ns = f"demo_{time.strftime('%Y%m%d_%H%M%S', time.gmtime())}"
-    conn = await asyncpg.connect(settings.dsn_with_password())
+    conn = await pg_connect(settings)
     try:
         old = await conn.fetch(r"SELECT nspname FROM pg_namespace WHERE nspname LIKE 'demo\_%'")
         for row in old:
             await conn.execute(f"DROP SCHEMA {check_ident(row['nspname'])} CASCADE")
     finally:
         await conn.close()
-    client = aioredis.from_url(settings.redis_url)
+    client = redis_client(settings)
     try:
         stale = [k async for k in client.scan_iter(match="demo_*:md:*", count=1000)]
         if stale:

@@ -13,15 +13,14 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import asyncpg
 import orjson
-import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
 from schemas.ddl import TABLES
 from streams.app import TOPIC_NAMES
+from streams.connections import kafka_client_kwargs, pg_connect, redis_client
 from streams.settings import Settings
 
 Offsets = dict[TopicPartition, int]
@@ -29,7 +28,9 @@ Offsets = dict[TopicPartition, int]
 
 @contextlib.asynccontextmanager
 async def admin_client(settings: Settings) -> AsyncIterator[AIOKafkaAdminClient]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=settings.kafka_bootstrap, **kafka_client_kwargs(settings)
+    )
     await admin.start()
     try:
         yield admin
@@ -40,7 +41,9 @@ async def admin_client(settings: Settings) -> AsyncIterator[AIOKafkaAdminClient]
 @contextlib.asynccontextmanager
 async def offsets_consumer(settings: Settings) -> AsyncIterator[AIOKafkaConsumer]:
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False
+        bootstrap_servers=settings.kafka_bootstrap,
+        enable_auto_commit=False,
+        **kafka_client_kwargs(settings),
     )
     await consumer.start()
     try:
@@ -74,11 +77,13 @@ def partitions_of(topic: str, settings: Settings) -> list[TopicPartition]:
 async def end_offsets(settings: Settings, topics: list[str], timeout_s: float = 5.0) -> Offsets:
     """Log-end offsets of every partition of `topics` (see `true_end_offsets`)."""
     tps = [tp for t in topics for tp in partitions_of(t, settings)]
-    return await true_end_offsets(settings.kafka_bootstrap, tps, timeout_s)
+    return await true_end_offsets(
+        settings.kafka_bootstrap, tps, timeout_s, **kafka_client_kwargs(settings)
+    )
 
 
 async def true_end_offsets(
-    bootstrap: str, tps: Sequence[TopicPartition], timeout_s: float = 5.0
+    bootstrap: str, tps: Sequence[TopicPartition], timeout_s: float = 5.0, **client: Any
 ) -> Offsets:
     """Log-end offsets, taken from a fetch's high-water mark.
 
@@ -86,7 +91,7 @@ async def true_end_offsets(
     figure below the true log end, while every fetch reports the right high-water mark.
     On Apache Kafka both agree, so this is correct everywhere.
     """
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, **client)
     await consumer.start()
     try:
         listed: Offsets = {
@@ -190,7 +195,7 @@ async def dead_letter_reasons(settings: Settings, start: Offsets, end: Offsets) 
 
 
 async def table_counts(settings: Settings) -> dict[str, int]:
-    conn = await asyncpg.connect(settings.dsn_with_password())
+    conn = await pg_connect(settings, "reader")
     try:
         out = {}
         for table in TABLES:
@@ -209,7 +214,7 @@ async def table_counts(settings: Settings) -> dict[str, int]:
 
 async def redis_keys(settings: Settings) -> dict[str, int]:
     """Keys under the namespace's prefix, by kind (trade, bars, ...)."""
-    client = aioredis.from_url(settings.redis_url)
+    client = redis_client(settings)
     try:
         kinds: Counter[str] = Counter()
         async for key in client.scan_iter(match=f"{settings.redis_prefix}*", count=1000):
@@ -230,7 +235,7 @@ async def service_versions(settings: Settings) -> dict[str, Any]:
     except Exception as exc:
         out["kafka"] = {"ok": False, "error": repr(exc)}
     try:
-        conn = await asyncpg.connect(settings.dsn_with_password(), timeout=5)
+        conn = await pg_connect(settings, "reader", timeout=5)
         try:
             out["postgres"] = {
                 "ok": True,
@@ -244,7 +249,7 @@ async def service_versions(settings: Settings) -> dict[str, Any]:
             await conn.close()
     except Exception as exc:
         out["postgres"] = {"ok": False, "error": repr(exc)}
-    client = aioredis.from_url(settings.redis_url)
+    client = redis_client(settings)
     try:
         info = await client.info("server")
         out["redis"] = {"ok": True, "version": info.get("redis_version")}

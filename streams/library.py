@@ -61,6 +61,7 @@ from aiokafka.errors import TopicAlreadyExistsError
 from kernels.damping import damp, default_library
 from schemas.ddl import check_ident, signals_ddl
 from streams.app import MODEL_TOPIC
+from streams.connections import kafka_client_kwargs
 from streams.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -336,7 +337,9 @@ async def load_latest(conn: asyncpg.Connection, schema: str) -> Library | None:
 async def ensure_model_topic(settings: Settings) -> str:
     """Create md.model.paths compacted with one partition if it is missing; returns its name."""
     name = settings.topic(MODEL_TOPIC)
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=settings.kafka_bootstrap, **kafka_client_kwargs(settings)
+    )
     await admin.start()
     try:
         if name not in set(await admin.list_topics()):
@@ -357,6 +360,7 @@ async def publish(settings: Settings, library: Library) -> None:
         acks="all",
         enable_idempotence=False,
         max_request_size=4_194_304,
+        **kafka_client_kwargs(settings),
     )
     await producer.start()
     try:
@@ -390,6 +394,7 @@ async def follow(
                 enable_auto_commit=False,
                 auto_offset_reset="earliest",
                 max_partition_fetch_bytes=4_194_304,
+                **kafka_client_kwargs(settings),
             )
             await consumer.start()
             parts = consumer.partitions_for_topic(topic) or {0}

@@ -4,11 +4,19 @@ Events are buffered per instrument and leave as one `MarketEventBatch` record wh
 `batch_max_events` are buffered or `batch_linger_ms` has passed since the first of them:
 at low rates a record holds one event and adds no latency; under load, records fill up
 and Faust's per-record cost is paid once per batch.
+
+Delivery is at-least-once: a record whose send fails with a retriable error (the broker
+paused or away longer than the client's own retries last, a request timed out) is sent
+again with capped backoff until it is acknowledged, and `flush()`/`stop()` wait for that.
+A resend may duplicate a record the broker did store; trade ids and the sinks' natural keys
+absorb that (DESIGN §7: no idempotent producer on every broker). Only non-retriable errors
+(a record too large, the producer closed) give up, counted in `send_errors`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,12 +24,15 @@ from typing import Any
 import numpy as np
 import structlog
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError, KafkaTimeoutError
 
 from schemas.batch import MarketEventBatch
 from schemas.events import Kind, instrument_key
+from streams.connections import kafka_client_kwargs
 from streams.settings import Settings
 
 log = structlog.get_logger(__name__)
+_RESEND_MAX_S = 5.0  # cap of the backoff between sends of one undelivered record
 
 
 @dataclass
@@ -48,7 +59,8 @@ class BatchingProducer:
         self._pending: set[asyncio.Future[Any]] = set()
         self.events_sent = 0
         self.records_sent = 0
-        self.send_errors = 0
+        self.send_retries = 0  # sends repeated after a retriable failure
+        self.send_errors = 0  # records given up (non-retriable errors only)
 
     async def start(self) -> None:
         self._producer = AIOKafkaProducer(
@@ -58,6 +70,7 @@ class BatchingProducer:
             max_request_size=4_194_304,
             acks="all",
             enable_idempotence=False,  # not offered by every broker; sinks are idempotent
+            **kafka_client_kwargs(self.settings),
         )
         await self._producer.start()
         self._lingerer = asyncio.create_task(self._linger_loop(), name="producer-linger")
@@ -108,10 +121,13 @@ class BatchingProducer:
     async def flush(self) -> None:
         for buf in list(self._buffers.values()):
             await self._emit(buf, full_only=False)
-        if self._producer is not None:
-            await self._producer.flush()
-        if self._pending:
-            await asyncio.gather(*self._pending, return_exceptions=True)
+        # resends add new futures while we wait: loop until none is left
+        while True:
+            if self._producer is not None:
+                await self._producer.flush()
+            if not self._pending:
+                return
+            await asyncio.gather(*list(self._pending), return_exceptions=True)
 
     async def _linger_loop(self) -> None:
         while True:
@@ -143,14 +159,63 @@ class BatchingProducer:
 
     async def send(self, key: bytes, value: bytes) -> None:
         """Send one raw record (also used to inject arbitrary bytes in tests and tools)."""
-        assert self._producer is not None, "start() first"
-        fut = await self._producer.send(self.topic, value=value, key=key)
+        await self._send(key, value, attempt=0)
         self.records_sent += 1
-        self._pending.add(fut)
-        fut.add_done_callback(self._delivered)
 
-    def _delivered(self, fut: asyncio.Future[Any]) -> None:
+    async def _send(self, key: bytes, value: bytes, *, attempt: int) -> None:
+        assert self._producer is not None, "start() first"
+        while True:
+            try:
+                fut = await self._producer.send(self.topic, value=value, key=key)
+                break
+            except KafkaError as exc:
+                # no room in the client's buffer for request_timeout_ms: the broker is away
+                if not _retriable(exc):
+                    raise
+                attempt += 1
+                self.send_retries += 1
+                log.warning("send blocked, retrying", topic=self.topic, error=repr(exc))
+                await asyncio.sleep(_backoff(attempt))
+        self._pending.add(fut)
+        fut.add_done_callback(functools.partial(self._delivered, key, value, attempt))
+
+    def _delivered(self, key: bytes, value: bytes, attempt: int, fut: asyncio.Future[Any]) -> None:
         self._pending.discard(fut)
-        if fut.cancelled() or fut.exception() is not None:
+        if fut.cancelled():
             self.send_errors += 1
-            log.error("record not delivered", topic=self.topic, error=repr(fut.exception()))
+            log.error("record not delivered (cancelled)", topic=self.topic)
+            return
+        exc = fut.exception()
+        if exc is None:
+            return
+        if not _retriable(exc) or self._producer is None:
+            self.send_errors += 1
+            log.error("record not delivered", topic=self.topic, error=repr(exc))
+            return
+        self.send_retries += 1
+        log.warning("record not acknowledged, resending", topic=self.topic, error=repr(exc))
+        task = asyncio.ensure_future(self._resend(key, value, attempt + 1))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _resend(self, key: bytes, value: bytes, attempt: int) -> None:
+        await asyncio.sleep(_backoff(attempt))
+        if self._producer is None:
+            self.send_errors += 1
+            log.error("record not delivered: producer stopped", topic=self.topic)
+            return
+        try:
+            await self._send(key, value, attempt=attempt)
+        except KafkaError as exc:
+            self.send_errors += 1
+            log.error("record not delivered", topic=self.topic, error=repr(exc))
+
+
+def _retriable(exc: BaseException) -> bool:
+    """KafkaTimeoutError (an expired batch, a full buffer) is not flagged retriable by aiokafka
+    but only says the broker did not answer in time: worth another try."""
+    return isinstance(exc, KafkaTimeoutError) or bool(getattr(exc, "retriable", False))
+
+
+def _backoff(attempt: int) -> float:
+    return float(min(_RESEND_MAX_S, 0.1 * 2 ** min(attempt, 10)))

@@ -15,6 +15,14 @@ from urllib.parse import quote, urlsplit, urlunsplit
 from schemas.ddl import check_ident
 
 PREFIX: Final = "SEPSTREAM_"
+# Fields that are secrets: settable from `SEPSTREAM_<NAME>_FILE`, masked by `redacted()`.
+SECRETS: Final = (
+    "pg_password",
+    "pg_writer_password",
+    "pg_reader_password",
+    "redis_password",
+    "kafka_sasl_password",
+)
 KNOWN_VENUES: Final = (
     "binance",
     "coinbase",
@@ -34,6 +42,27 @@ class Settings:
     pg_dsn: str = "postgresql://sepstream@127.0.0.1:55432/sepstream"
     pg_password: str = field(default="sepstream", repr=False)
     redis_url: str = "redis://127.0.0.1:56379/0"
+    # security (docs/OPERATIONS.md): TLS, roles, secrets. Secrets come from the environment
+    # or, with a `_FILE` suffix, from a file (SEPSTREAM_PG_PASSWORD_FILE, ...); never logged.
+    pg_sslmode: str = ""  # "" (asyncpg's prefer) | disable | require | verify-ca | verify-full
+    pg_sslrootcert: str = ""  # CA bundle for verify-ca / verify-full
+    pg_sslcert: str = ""  # client certificate (and key) when the server wants one
+    pg_sslkey: str = ""
+    pg_writer_user: str = ""  # sinks' role; "" = the DSN's user (the schema owner)
+    pg_writer_password: str = field(default="", repr=False)
+    pg_reader_user: str = ""  # read path's role; "" = the DSN's user
+    pg_reader_password: str = field(default="", repr=False)
+    redis_password: str = field(default="", repr=False)
+    redis_ca_file: str = ""  # verify a rediss:// server against this CA (else the system's)
+    redis_cert_file: str = ""
+    redis_key_file: str = ""
+    kafka_security_protocol: str = "PLAINTEXT"  # PLAINTEXT | SSL | SASL_PLAINTEXT | SASL_SSL
+    kafka_sasl_mechanism: str = "PLAIN"  # PLAIN | SCRAM-SHA-256 | SCRAM-SHA-512
+    kafka_sasl_username: str = ""
+    kafka_sasl_password: str = field(default="", repr=False)
+    kafka_ssl_cafile: str = ""  # "" = the system's CAs
+    kafka_ssl_certfile: str = ""
+    kafka_ssl_keyfile: str = ""
     # identity and isolation: the namespace prefixes topics, the Postgres schema and Redis keys
     app_id: str = "sepstream"
     namespace: str = ""
@@ -46,6 +75,7 @@ class Settings:
     # validation rules
     max_future_skew_ms: int = 5_000
     max_age_s: int = 0  # 0 = no age limit (replays and backfills carry old data)
+    min_event_time_s: int = 631_152_000  # 1990-01-01: earlier = a unit mistake (s/ms/µs as ns)
     max_record_bytes: int = 1_048_576
     dedup_window: int = 100_000  # trade ids remembered per instrument
     venues: tuple[str, ...] = KNOWN_VENUES
@@ -61,7 +91,11 @@ class Settings:
     redis_trade_ttl_s: int = 900
     redis_bar_ttl_periods: int = 600  # a bars key expires after this many bar periods idle
     redis_bars_keep: int = 500
+    redis_forming_ttl_s: int = 120  # forming 1m bars vanish this long after the last update
     compress_after_days: int = 7
+    # read path (`sepstream bars`, HTTP /bars)
+    read_max_limit: int = 5_000  # bars per request
+    read_rest_timeout_s: float = 30.0  # whole venue REST fetch of one request
     # bitspace damping (DESIGN §5) and its path library
     damping_window: int = 64  # W closes per window (T + 1 = W - 1 bits)
     damping_max_batch: int = 1024  # bar records per micro-batch (one damp() call each)
@@ -95,10 +129,19 @@ class Settings:
     collector_backoff_max_s: float = 30.0
     collector_max_frame_bytes: int = 1_048_576  # larger frames are counted and skipped
     collector_metrics_port: int = 0  # > 0: `sepstream collect` serves /metrics on web_host
+    collector_control_wait_s: float = 10.0  # at start, longest wait for md.control.subscriptions
     # REST backfill of missing 1m bars (`sepstream backfill`)
     binance_rest_url: str = "https://api.binance.com"
+    oanda_rest_url: str = "https://api-fxpractice.oanda.com"  # candles; token as for streaming
     backfill_requests_per_s: float = 5.0  # klines cost weight 2 of Binance's 6000/min
     backfill_max_retries: int = 5  # per request, on 429/418/5xx and connection errors
+    # operators' view: lag monitor (agents/lag.py, `sepstream lag`), data health alerts
+    lag_interval_s: float = 5.0  # seconds between lag samples
+    lag_window: int = 10  # samples per Burrow-style window (kernels/lagstatus.py)
+    lag_history: int = 720  # per-group lag points kept for /lag and /dashboard
+    freshness_alert_s: float = 300.0  # an instrument with no tick for longer is stale
+    quality_window_s: float = 900.0  # accepted vs dead-lettered counted over this window
+    quality_alert: float = 0.8  # data-quality score below this is flagged
     # logs
     log_level: str = "info"
     log_format: str = "auto"  # auto | json | console
@@ -112,9 +155,10 @@ class Settings:
             if raw is None:
                 continue
             values[f.name] = _parse(raw, type(getattr(cls(), f.name)))
-        password_file = env.get(PREFIX + "PG_PASSWORD_FILE")
-        if password_file:
-            values["pg_password"] = Path(password_file).read_text().strip()
+        for name in SECRETS:  # `<NAME>_FILE` (a mounted secret) wins over `<NAME>`
+            secret_file = env.get(PREFIX + name.upper() + "_FILE")
+            if secret_file:
+                values[name] = Path(secret_file).read_text().strip()
         settings = replace(cls(), **values, **overrides)
         if settings.namespace:
             check_ident(settings.namespace)
@@ -169,7 +213,8 @@ class Settings:
     def redacted(self) -> dict[str, Any]:
         """What may be logged: no password, in the DSNs or elsewhere."""
         out = asdict(self)
-        out.pop("pg_password")
+        for name in SECRETS:
+            out[name] = "***" if out[name] else ""
         out["pg_dsn"] = _redact_url(self.pg_dsn)
         out["redis_url"] = _redact_url(self.redis_url)
         return out

@@ -1,7 +1,8 @@
 """What every venue collector shares (DESIGN §2, §3): connection, liveness, recovery, hand-off.
 
 A venue subclass only says where to connect (`url`, `headers`), what to send once connected
-(`subscribe_messages`) and how to read one decoded frame (`parse`), plus its symbol spelling
+(`subscribe_messages`), how to change symbols on an open connection (`resubscribe_messages`,
+None = reconnect) and how to read one decoded frame (`parse`), plus its symbol spelling
 (`to_venue` / `from_venue`). Everything that makes a feed trustworthy lives here once:
 
 - websocket (aiohttp, with ping heartbeats) or HTTP chunked JSON lines (`transport`);
@@ -12,7 +13,12 @@ A venue subclass only says where to connect (`url`, `headers`), what to send onc
 - replays (a venue re-sending recent trades/bars after a reconnect) are dropped: per stream
   the last id is remembered and anything at or below it never leaves twice;
 - malformed frames (bad JSON, unknown shapes, oversized) are counted per venue and reason,
-  logged, and skipped: the connection goes on.
+  logged, and skipped: the connection goes on;
+- the symbol set changes at runtime (`set_symbols`, fed by the control topic): the open
+  connection is resubscribed where the venue allows it, else reconnected with the new set
+  (a `resubscribe` gap for the symbols that continue); a removed symbol gets an
+  `unsubscribed` gap and its frames still in flight are dropped and counted; with no
+  symbols at all the collector holds no connection and waits.
 """
 
 from __future__ import annotations
@@ -56,6 +62,16 @@ EVENTS: Final = PromCounter(
 REPLAYS: Final = PromCounter(
     "sepstream_collector_replays_dropped", "Events dropped as already emitted", ["venue"]
 )
+UNSUBSCRIBED: Final = PromCounter(
+    "sepstream_collector_unsubscribed_dropped",
+    "Events of a symbol just unsubscribed, still in flight from the venue, dropped",
+    ["venue"],
+)
+RESUBSCRIBES: Final = PromCounter(
+    "sepstream_collector_resubscribes",
+    "Symbol set changes applied to a connection, by how (live | reconnect)",
+    ["venue", "how"],
+)
 
 
 class MalformedFrameError(ValueError):
@@ -96,6 +112,7 @@ class CollectorStats:
     frames: int = 0
     events: int = 0
     replays: int = 0
+    unsubscribed: int = 0  # in-flight events of removed symbols, dropped
     connects: int = 0
     malformed: Counter[str] = field(default_factory=Counter)
     gaps: Counter[str] = field(default_factory=Counter)
@@ -108,23 +125,24 @@ class Collector(abc.ABC):
     transport: ClassVar[Literal["ws", "http_lines"]] = "ws"
 
     def __init__(self, settings: Settings, symbols: Sequence[str], sink: EventSink) -> None:
-        if not symbols:
-            raise ValueError("a collector needs at least one symbol")
-        for symbol in symbols:
-            if not SYMBOL_RE.match(symbol):
-                raise ValueError(f"{symbol!r} is not a BASE-QUOTE symbol")
         self.settings = settings
-        self.symbols = list(dict.fromkeys(symbols))
+        self.symbols = _checked(symbols)  # may be empty: the control topic can add some later
+        self._active = set(self.symbols)
         self.sink = sink
         self.stats = CollectorStats()
-        # venue spelling of exactly what we subscribed: frames for anything else are malformed
+        # venue spelling of what we ever subscribed: frames for anything else are malformed
         self._by_venue_symbol = {self.to_venue(s): s for s in self.symbols}
         self._last: dict[tuple[Kind, str, str | None], int] = {}
         self._armed: set[tuple[Kind, str, str | None]] = set()  # contiguity known this session
         self._stopping = asyncio.Event()
+        self._wake = asyncio.Event()  # the symbol set changed, or stop()
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._resp: aiohttp.ClientResponse | None = None
-        self._closing: asyncio.Task[bool] | None = None
+        self._background: set[asyncio.Task[Any]] = set()
+        # the symbols the open connection is subscribed to (None: no open connection)
+        self._on_wire: frozenset[str] | None = None
+        self._send_lock = asyncio.Lock()  # subscription requests never interleave
+        self._restart = False  # the connection is being closed to reconnect with new symbols
         self.log = log.bind(venue=self.venue)
 
     # ---- what a venue provides ---------------------------------------------------------
@@ -138,6 +156,22 @@ class Collector(abc.ABC):
     def subscribe_messages(self) -> list[Any]:
         """JSON documents sent after connecting (none for URL-subscribed feeds)."""
         return []
+
+    def resubscribe_messages(
+        self, added: Sequence[str], removed: Sequence[str]
+    ) -> list[Any] | None:
+        """Requests that change an open connection's symbols; None: the venue cannot, reconnect."""
+        return None
+
+    def symbols_removed(self, removed: Sequence[str]) -> None:
+        """Forget per-symbol session state (venues extend it: forming candles).
+
+        Contiguity is disarmed, so the id jump of a later re-subscription is not reported as
+        a sequence gap (the `unsubscribed` gap already marks the hole); the last ids stay, so
+        a snapshot re-sent on re-subscribing is still recognised as replay.
+        """
+        gone = set(removed)
+        self._armed = {key for key in self._armed if key[1] not in gone}
 
     @abc.abstractmethod
     def parse(self, msg: Any, ts_recv: int) -> list[Event]:
@@ -164,15 +198,81 @@ class Collector(abc.ABC):
     def stop(self) -> None:
         """Ask the collector to finish: safe from a signal handler, returns at once."""
         self._stopping.set()
+        self._wake.set()
+        self._close_connection()
+
+    def _close_connection(self) -> None:
+        """Wake the pending receive by closing the connection (returns at once)."""
         if self._ws is not None and not self._ws.closed:
-            # wakes the pending receive; kept referenced so the task is not collected early
-            self._closing = asyncio.get_running_loop().create_task(self._ws.close())
+            task = asyncio.get_running_loop().create_task(self._ws.close())
+            self._background.add(task)  # referenced, so the task is not collected early
+            task.add_done_callback(self._background.discard)
         if self._resp is not None:
             self._resp.close()
 
     @property
     def stopping(self) -> bool:
         return self._stopping.is_set()
+
+    async def wait_stop(self) -> None:
+        """Return once `stop()` was called."""
+        await self._stopping.wait()
+
+    async def set_symbols(self, symbols: Sequence[str]) -> None:
+        """Collect exactly `symbols` from now on, without a restart of the process.
+
+        Removed symbols get an `unsubscribed` gap (their forming bar is cut short) and their
+        events still in flight are dropped; the open connection is changed with the venue's
+        (un)subscribe requests, or reconnected where the venue takes symbols in the URL.
+        """
+        wanted = _checked(symbols)
+        if set(wanted) == set(self.symbols):
+            return
+        keep = set(wanted)
+        old = set(self.symbols)
+        added = [s for s in wanted if s not in old]
+        removed = [s for s in self.symbols if s not in keep]
+        self.symbols, self._active = wanted, keep
+        for symbol in added:
+            self._by_venue_symbol[self.to_venue(symbol)] = symbol
+        self._wake.set()
+        self.log.info("symbols changed", added=added, removed=removed, symbols=wanted)
+        if removed:
+            self.symbols_removed(removed)
+            wire = self._on_wire or frozenset()
+            now = time.time_ns()
+            for symbol in removed:
+                if symbol in wire:
+                    await self._gap(symbol, "unsubscribed", now)
+        await self._sync_subscriptions()
+
+    async def _sync_subscriptions(self) -> None:
+        """Bring the open connection's subscriptions to `self.symbols`."""
+        async with self._send_lock:
+            wire, ws = self._on_wire, self._ws
+            want = frozenset(self.symbols)
+            if wire is None or wire == want or self._restart:
+                return
+            added = [s for s in self.symbols if s not in wire]
+            removed = sorted(wire - want)
+            requests = self.resubscribe_messages(added, removed) if want else None
+            if requests is not None and self.transport == "ws" and ws is not None:
+                try:
+                    for doc in requests:
+                        await ws.send_str(orjson.dumps(doc).decode())  # JSON goes in text frames
+                except (aiohttp.ClientError, ConnectionError, RuntimeError) as exc:
+                    self.log.warning("resubscribe failed, reconnecting", error=repr(exc))
+                else:
+                    self._on_wire = want
+                    RESUBSCRIBES.labels(self.venue, "live").inc()
+                    self.log.info(
+                        "resubscribed on the open connection", added=added, removed=removed
+                    )
+                    return
+            self._restart = True
+            RESUBSCRIBES.labels(self.venue, "reconnect").inc()
+            self.log.info("reconnecting for the new symbols", added=added, removed=removed)
+            self._close_connection()
 
     async def run(self) -> None:
         """Connect, read, recover, until `stop()`; then flush what the sink still holds."""
@@ -183,15 +283,19 @@ class Collector(abc.ABC):
         try:
             async with aiohttp.ClientSession(timeout=timeout) as session:
                 while not self.stopping:
+                    if not self.symbols:
+                        await self._idle()
+                        continue
                     cause = "closed"
                     connects = self.stats.connects
+                    self._restart = False
                     try:
                         async with contextlib.aclosing(self._frames(session)) as frames:
                             async for raw in frames:
                                 if attempt or outage:
                                     self.log.info("feed restored", attempts=attempt)
                                 attempt, outage = 0, False
-                                await self._handle(raw)
+                                await self.handle_frame(raw)
                     except TimeoutError:
                         if self.stats.connects == connects:
                             cause = "connect_timeout"
@@ -200,10 +304,19 @@ class Collector(abc.ABC):
                             cause = "stale"
                             self.log.warning("feed stale", after_s=s.collector_stale_after_s)
                     except (aiohttp.ClientError, OSError) as exc:
-                        cause = "error"
-                        self.log.warning("connection failed", error=repr(exc))
+                        if not self._restart:
+                            cause = "error"
+                            self.log.warning("connection failed", error=repr(exc))
+                    wire, self._on_wire = self._on_wire, None
                     if self.stopping:
                         break
+                    if self._restart:  # closed on purpose, for a new symbol set: no backoff
+                        RECONNECTS.labels(self.venue, "resubscribe").inc()
+                        now = time.time_ns()
+                        for symbol in self.symbols:
+                            if wire is not None and symbol in wire:
+                                await self._gap(symbol, "resubscribe", now)
+                        continue
                     RECONNECTS.labels(self.venue, cause).inc()
                     if not outage and self.stats.connects:
                         outage = True
@@ -221,12 +334,20 @@ class Collector(abc.ABC):
                 await flush()
             self.log.info("collector stopped", **self._summary())
 
+    async def _idle(self) -> None:
+        """No symbol to collect: hold no connection until one is subscribed (or stop)."""
+        self.log.info("no symbols to collect, waiting for a subscription")
+        while not self.symbols and not self.stopping:
+            self._wake.clear()
+            await self._wake.wait()
+
     def _summary(self) -> dict[str, Any]:
         st = self.stats
         return {
             "frames": st.frames,
             "events": st.events,
             "replays_dropped": st.replays,
+            "unsubscribed_dropped": st.unsubscribed,
             "connects": st.connects,
             "malformed": dict(st.malformed),
             "gaps": dict(st.gaps),
@@ -237,17 +358,20 @@ class Collector(abc.ABC):
         """Raw frames of one connection; ends when it closes, TimeoutError when stale."""
         return self._ws_frames(session) if self.transport == "ws" else self._line_frames(session)
 
-    async def _connected(self) -> None:
+    async def _connected(self, wire: frozenset[str]) -> None:
         self.stats.connects += 1
         self._armed.clear()  # ids may jump across an outage: that is the reconnect gap
-        self.log.info("connected", symbols=self.symbols, connects=self.stats.connects)
+        self.log.info("connected", symbols=sorted(wire), connects=self.stats.connects)
 
     async def _ws_frames(self, session: aiohttp.ClientSession) -> AsyncGenerator[bytes | str]:
         s = self.settings
+        # what this connection subscribes to, fixed before the first await: a change that
+        # arrives while connecting is applied once the connection is up
+        wire, url, requests = frozenset(self.symbols), self.url(), self.subscribe_messages()
         async with asyncio.timeout(s.collector_connect_timeout_s):  # TCP, TLS and handshake
             ws = await self._unless_stopped(
                 session.ws_connect(
-                    self.url(),
+                    url,
                     headers=self.headers(),
                     heartbeat=s.collector_heartbeat_s,
                     autoping=True,
@@ -262,9 +386,12 @@ class Collector(abc.ABC):
         try:
             if self.stopping:
                 return
-            await self._connected()
-            for doc in self.subscribe_messages():
-                await ws.send_bytes(orjson.dumps(doc))
+            await self._connected(wire)
+            async with self._send_lock:
+                for doc in requests:
+                    await ws.send_str(orjson.dumps(doc).decode())  # JSON goes in text frames
+                self._on_wire = wire
+            await self._sync_subscriptions()
             while not self.stopping:
                 # our own deadline: aiohttp's receive timeout restarts on every ping/pong, so
                 # a connection that only answers pings would never look stale
@@ -295,8 +422,9 @@ class Collector(abc.ABC):
     async def _line_frames(self, session: aiohttp.ClientSession) -> AsyncGenerator[bytes | str]:
         s = self.settings
         limit = s.collector_max_frame_bytes
+        wire, url = frozenset(self.symbols), self.url()
         async with asyncio.timeout(s.collector_connect_timeout_s):
-            resp = await self._unless_stopped(session.get(self.url(), headers=self.headers()))
+            resp = await self._unless_stopped(session.get(url, headers=self.headers()))
         if resp is None:
             return
         self._resp = resp
@@ -309,7 +437,9 @@ class Collector(abc.ABC):
                 raise aiohttp.ClientResponseError(
                     resp.request_info, (), status=resp.status, message=body
                 )
-            await self._connected()
+            await self._connected(wire)
+            self._on_wire = wire
+            await self._sync_subscriptions()
             pending = b""
             skipping = False  # inside an oversized line: drop bytes up to its newline
             while not self.stopping:
@@ -355,7 +485,11 @@ class Collector(abc.ABC):
         MALFORMED.labels(self.venue, reason).inc()
         self.log.warning("malformed frame skipped", reason=reason, detail=detail[:200])
 
-    async def _handle(self, raw: bytes | str) -> None:
+    async def handle_frame(self, raw: bytes | str) -> None:
+        """One raw frame through decoding, parsing, replay suppression and into the sink.
+
+        The whole per-frame production path (`bench/collectors.py` times exactly this).
+        """
         ts_recv = time.time_ns()
         self.stats.frames += 1
         limit = self.settings.collector_max_frame_bytes
@@ -383,6 +517,10 @@ class Collector(abc.ABC):
             await self._emit(event)
 
     async def _emit(self, event: Event) -> None:
+        if event.symbol not in self._active:  # unsubscribed, the venue had it in flight
+            self.stats.unsubscribed += 1
+            UNSUBSCRIBED.labels(self.venue).inc()
+            return
         key = event.stream
         if event.order is not None:
             last = self._last.get(key)
@@ -424,6 +562,14 @@ class Collector(abc.ABC):
         now = time.time_ns()
         for symbol in self.symbols:
             await self._gap(symbol, reason, now)
+
+
+def _checked(symbols: Sequence[str]) -> list[str]:
+    """Distinct `BASE-QUOTE` symbols in their order; ValueError on anything else."""
+    for symbol in symbols:
+        if not SYMBOL_RE.match(symbol):
+            raise ValueError(f"{symbol!r} is not a BASE-QUOTE symbol")
+    return list(dict.fromkeys(symbols))
 
 
 def backoff_delay(attempt: int, initial_s: float, max_s: float) -> float:

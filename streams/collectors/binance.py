@@ -5,12 +5,21 @@ Follows the Binance spot "WebSocket Streams" documentation: a combined stream
 `{"stream": ..., "data": ...}`. Binance sends `m` = "buyer is the maker", so the aggressor
 sold when it is true. Trade ids are consecutive per symbol, which makes gaps detectable.
 Only closed klines (`x: true`) are emitted: the bar stage takes bar events as closed bars.
+Symbols added or removed at runtime are applied on the open connection with the documented
+`SUBSCRIBE` / `UNSUBSCRIBE` requests ("Live Subscribing/Unsubscribing to streams"); the URL
+of a later reconnect lists the current set. `BinanceKlines` is the REST history for the
+backfill (`GET /api/v3/klines`, "Market Data endpoints").
 """
 
 from __future__ import annotations
 
+import itertools
 import math
+from collections.abc import Sequence
 from typing import Any, Final
+
+import aiohttp
+import structlog
 
 from schemas.events import TIMEFRAMES, Kind, Side
 from streams.collectors.base import (
@@ -23,6 +32,10 @@ from streams.collectors.base import (
     split_concatenated,
     text,
 )
+from streams.collectors.history import MINUTE_MS, MinuteBar, PacedClient, keep_sane
+from streams.settings import Settings
+
+log = structlog.get_logger(__name__)
 
 QUOTES: Final = (
     "USDT", "USDC", "FDUSD", "TUSD", "BUSD", "DAI", "BTC", "ETH", "BNB", "EUR", "GBP", "TRY",
@@ -37,14 +50,30 @@ class BinanceCollector(Collector):
         super().__init__(*args, **kwargs)
         if self.settings.collector_timeframe not in TIMEFRAMES:
             raise ValueError(f"no {self.settings.collector_timeframe} klines")
+        self._request_ids = itertools.count(1)
+
+    def streams(self, symbols: Sequence[str]) -> list[str]:
+        """The stream names of `symbols`: trades, klines of our timeframe, best bid/ask."""
+        tf = self.settings.collector_timeframe
+        out = []
+        for symbol in symbols:
+            v = self.to_venue(symbol).lower()
+            out += [f"{v}@trade", f"{v}@kline_{tf}", f"{v}@bookTicker"]
+        return out
 
     def url(self) -> str:
-        tf = self.settings.collector_timeframe
-        streams = []
-        for symbol in self.symbols:
-            v = self.to_venue(symbol).lower()
-            streams += [f"{v}@trade", f"{v}@kline_{tf}", f"{v}@bookTicker"]
-        return f"{self.settings.binance_ws_url.rstrip('/')}/stream?streams={'/'.join(streams)}"
+        base = self.settings.binance_ws_url.rstrip("/")
+        return f"{base}/stream?streams={'/'.join(self.streams(self.symbols))}"
+
+    def resubscribe_messages(
+        self, added: Sequence[str], removed: Sequence[str]
+    ) -> list[Any] | None:
+        out: list[Any] = []
+        for method, symbols in (("UNSUBSCRIBE", removed), ("SUBSCRIBE", added)):
+            if symbols:
+                params = self.streams(symbols)
+                out.append({"method": method, "params": params, "id": next(self._request_ids)})
+        return out
 
     @staticmethod
     def to_venue(symbol: str) -> str:
@@ -57,8 +86,10 @@ class BinanceCollector(Collector):
     def parse(self, msg: Any, ts_recv: int) -> list[Event]:
         if not isinstance(msg, dict):
             raise MalformedFrameError("not_object", type(msg).__name__)
-        if "result" in msg and "id" in msg:
+        if "id" in msg and "result" in msg:
             return []  # reply to a control request
+        if "id" in msg and ("error" in msg or "code" in msg):
+            raise MalformedFrameError("venue_error", repr(msg.get("error") or msg.get("msg")))
         stream = msg.get("stream")
         data = msg.get("data") if stream is not None else msg
         if not isinstance(data, dict):
@@ -147,3 +178,65 @@ class BinanceCollector(Collector):
             },
             order=update_id,
         )
+
+
+class BinanceKlines:
+    """1m klines from `GET /api/v3/klines`: arrays of [open time, o, h, l, c, volume, close
+    time, quote volume, trades, ...], paged by `startTime` (`page` rows per request)."""
+
+    venue = "binance"
+    page = 1000  # klines per request (Binance's maximum)
+
+    def __init__(self, settings: Settings, session: aiohttp.ClientSession) -> None:
+        self.settings = settings
+        self.client = PacedClient(settings, session, "binance klines")
+
+    @property
+    def requests(self) -> int:
+        return self.client.requests
+
+    async def fetch(self, symbol: str, first_ms: int, last_ms: int) -> list[MinuteBar]:
+        url = f"{self.settings.binance_rest_url.rstrip('/')}/api/v3/klines"
+        out: list[MinuteBar] = []
+        start = first_ms
+        while start <= last_ms:
+            page = await self.client.get_json(
+                url,
+                {
+                    "symbol": BinanceCollector.to_venue(symbol),
+                    "interval": "1m",
+                    "startTime": str(start),
+                    "endTime": str(last_ms + MINUTE_MS - 1),
+                    "limit": str(self.page),
+                },
+            )
+            if not isinstance(page, list):
+                raise RuntimeError(f"klines answer is not a list: {str(page)[:200]}")
+            rows = [r for r in page if isinstance(r, list) and r and isinstance(r[0], int)]
+            for row in rows:
+                bar = _kline_bar(row) if first_ms <= row[0] <= last_ms else None
+                if bar is not None:
+                    out.append(bar)
+            if len(page) < self.page or not rows:
+                break
+            start = rows[-1][0] + MINUTE_MS
+        return keep_sane(out, "binance klines")
+
+
+def _kline_bar(row: list[Any]) -> MinuteBar | None:
+    """A kline row as a bar (vwap = quote volume / volume); None (logged) if unreadable."""
+    try:
+        volume, quote_volume = float(row[5]), float(row[7])
+        return MinuteBar(
+            ms=int(row[0]),
+            open=float(row[1]),
+            high=float(row[2]),
+            low=float(row[3]),
+            close=float(row[4]),
+            volume=volume,
+            trades=int(row[8]),
+            vwap=quote_volume / volume if volume > 0 else math.nan,
+        )
+    except (ValueError, TypeError, IndexError):
+        log.warning("kline skipped", row=str(row)[:200])
+        return None

@@ -3,12 +3,14 @@
 Follows the Coinbase Exchange "WebSocket Feed" / "Channels" documentation
 (ws-feed.exchange.coinbase.com). A match's `side` is the MAKER order's side, so the aggressor
 is the opposite. `trade_id` is consecutive per product; `last_match` (sent on subscribing)
-has the match shape and is a replay when we already have it.
+has the match shape and is a replay when we already have it. Symbols added or removed at
+runtime are sent as `subscribe` / `unsubscribe` messages on the open connection.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Final
 
 from schemas.events import Kind, Side
 from streams.collectors.base import (
@@ -22,6 +24,7 @@ from streams.collectors.base import (
 )
 
 _CONTROL = frozenset({"subscriptions", "heartbeat"})
+CHANNELS: Final = ("matches", "ticker", "heartbeat")
 
 
 class CoinbaseCollector(Collector):
@@ -31,14 +34,20 @@ class CoinbaseCollector(Collector):
         return self.settings.coinbase_ws_url
 
     def subscribe_messages(self) -> list[Any]:
-        products = [self.to_venue(s) for s in self.symbols]
-        return [
-            {
-                "type": "subscribe",
-                "product_ids": products,
-                "channels": ["matches", "ticker", "heartbeat"],
-            }
-        ]
+        return [self._request("subscribe", self.symbols)]
+
+    def resubscribe_messages(
+        self, added: Sequence[str], removed: Sequence[str]
+    ) -> list[Any] | None:
+        out = [self._request("unsubscribe", removed)] if removed else []
+        return out + ([self._request("subscribe", added)] if added else [])
+
+    def _request(self, kind: str, symbols: Sequence[str]) -> dict[str, Any]:
+        return {
+            "type": kind,
+            "product_ids": [self.to_venue(s) for s in symbols],
+            "channels": list(CHANNELS),
+        }
 
     @staticmethod
     def to_venue(symbol: str) -> str:

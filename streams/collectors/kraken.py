@@ -5,11 +5,13 @@ channels). v2 reports the TAKER's side, which is already our aggressor side. Pai
 spelled `BTC/USD`. An `ohlc` update re-sends the forming candle; a candle is emitted once,
 when the first update of a later interval shows it closed. Subscribing with a snapshot makes
 the venue re-send recent trades and candles after a reconnect: the ones we already emitted
-are dropped as replays, the newer ones fill part of the hole.
+are dropped as replays, the newer ones fill part of the hole. Symbols added or removed at
+runtime are `subscribe` / `unsubscribe` requests on the open connection, per channel.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Final
 
 from schemas.events import Kind, Side
@@ -41,16 +43,30 @@ class KrakenCollector(Collector):
         return self.settings.kraken_ws_url
 
     def subscribe_messages(self) -> list[Any]:
-        pairs = [self.to_venue(s) for s in self.symbols]
-        tf = self.settings.collector_timeframe
+        return self._requests("subscribe", self.symbols)
+
+    def resubscribe_messages(
+        self, added: Sequence[str], removed: Sequence[str]
+    ) -> list[Any] | None:
+        out = self._requests("unsubscribe", removed) if removed else []
+        return out + (self._requests("subscribe", added) if added else [])
+
+    def symbols_removed(self, removed: Sequence[str]) -> None:
+        super().symbols_removed(removed)
+        gone = set(removed)
+        self._forming = {k: v for k, v in self._forming.items() if k[0] not in gone}
+
+    def _requests(self, method: str, symbols: Sequence[str]) -> list[Any]:
+        pairs = [self.to_venue(s) for s in symbols]
+        interval = MINUTES[self.settings.collector_timeframe]
         return [
-            {"method": "subscribe", "params": {"channel": "trade", "symbol": pairs}},
+            {"method": method, "params": {"channel": "trade", "symbol": pairs}},
             {
-                "method": "subscribe",
-                "params": {"channel": "ohlc", "symbol": pairs, "interval": MINUTES[tf]},
+                "method": method,
+                "params": {"channel": "ohlc", "symbol": pairs, "interval": interval},
             },
             {
-                "method": "subscribe",
+                "method": method,
                 "params": {"channel": "ticker", "symbol": pairs, "event_trigger": "bbo"},
             },
         ]

@@ -8,6 +8,7 @@ import asyncpg
 import redis.asyncio as aioredis
 
 from schemas.pgcopy import HEADER, TRAILER
+from streams.connections import pg_pool, redis_client, writer_owns_schema
 from streams.settings import Settings
 from streams.sinks.timescale import staged_upsert
 
@@ -27,12 +28,17 @@ class PgWriter:
 
     async def start(self) -> None:
         if self.pool is None:
-            self.pool = await asyncpg.create_pool(
-                self.settings.dsn_with_password(), min_size=1, max_size=2
-            )
-            async with self.pool.acquire() as conn, conn.transaction():
-                await conn.execute("SELECT pg_advisory_xact_lock(hashtext('sepstream-ddl'))")
-                await conn.execute(type(self).ddl(self.schema))
+            self.pool = await pg_pool(self.settings, "writer", min_size=1, max_size=2)
+            if not writer_owns_schema(self.settings):
+                return  # a writer without DDL rights: `sepstream db-init` made the tables
+            try:
+                async with self.pool.acquire() as conn, conn.transaction():
+                    await conn.execute("SELECT pg_advisory_xact_lock(hashtext('sepstream-ddl'))")
+                    await conn.execute(type(self).ddl(self.schema))
+            except BaseException:
+                self.pool.terminate()  # not started: the next start() runs the DDL again
+                self.pool = None
+                raise
 
     async def close(self) -> None:
         if self.pool is not None:
@@ -65,7 +71,7 @@ class RedisClientWriter:
 
     async def start(self) -> None:
         if self.client is None:
-            self.client = aioredis.from_url(self.settings.redis_url)
+            self.client = redis_client(self.settings)
             await self.client.ping()
 
     async def close(self) -> None:

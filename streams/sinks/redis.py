@@ -6,20 +6,33 @@ Keys (prefix `md:` live, `<namespace>:md:` in a namespace):
   {p}bars:{tf}:{venue}:{symbol}      sorted set, score = bar open ns, member = bar JSON,
                                      the last `redis_bars_keep` bars (TTL tied to the timeframe)
   {p}instruments                     set of venue:symbol seen
+  {p}forming:1m:{venue}:{symbol}     string, JSON array of the instrument's forming 1m bars
+                                     (members as in `bars:`), replaced whole per write, deleted
+                                     when none is forming (TTL redis_forming_ttl_s)
+  {p}stats:readpath                  hash, read-path hit/miss counts (streams.readpath)
 Every command is idempotent, so a redelivered write leaves the same state.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Iterable
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 import orjson
+import structlog
 
+from kernels.bars import Bar, bars_to_columns
 from schemas.batch import MarketEventBatch
 from schemas.events import TIMEFRAMES, Kind
+from streams.metrics import FORMING_WRITE_ERRORS
+from streams.settings import Settings
 from streams.sinks.base import RedisClientWriter
+
+log = structlog.get_logger(__name__)
 
 
 def bar_member(batch: MarketEventBatch, i: int) -> bytes:
@@ -78,3 +91,104 @@ class RedisWriter(RedisClientWriter):
         pipe.sadd(f"{p}instruments", *instruments)
         await pipe.execute()
         return {"latest": len(latest), "bars": sum(len(b) for b in bars)}
+
+
+def forming_key(prefix: str, venue: str, symbol: str, timeframe: str = "1m") -> str:
+    return f"{prefix}forming:{timeframe}:{venue}:{symbol}"
+
+
+def forming_value(venue: str, symbol: str, bars: list[Bar]) -> bytes:
+    """The forming bars as one JSON array of `bar_member` documents, oldest first."""
+    ordered = sorted(bars, key=lambda b: b.start)
+    cols = bars_to_columns(ordered)
+    cols["ts_recv"] = cols["ts_event"]
+    batch = MarketEventBatch.from_columns(Kind.BAR, venue, symbol, cols, timeframe="1m")
+    return b"[" + b",".join(bar_member(batch, i) for i in range(len(batch))) + b"]"
+
+
+class FormingBarWriter(RedisClientWriter):
+    """Forming 1m bars to Redis, coalesced: the bars agent hands over each instrument's
+    forming bars after every record it applied (`update`, which never waits on Redis), and
+    one background task writes whatever changed since its last write in one pipeline — so
+    at most one write per instrument per round however many records or ticks arrived.
+
+    A forming bar is a cache of state whose durable home is the bar-builder's changelog;
+    it is never acknowledged, so a failed write is counted, logged and retried with the
+    newest state, and losing it (TTL, crash) loses nothing the stream will not rewrite.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        self._dirty: dict[tuple[str, str], list[Bar]] = {}
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._task: asyncio.Task[None] | None = None
+
+    def update(self, venue: str, symbol: str, bars: Iterable[Bar]) -> None:
+        """Remember the instrument's forming bars now (copied); none forming deletes the key."""
+        self._dirty[(venue, symbol)] = [replace(b) for b in bars]
+        self._idle.clear()
+        self._wake.set()
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(
+                self._run(), name="forming-bars-redis"
+            )
+
+    async def flush(self) -> None:
+        """Wait until every update handed over so far is written."""
+        await self._idle.wait()
+
+    async def close(self) -> None:
+        if self._task is not None:
+            if self._dirty:
+                try:
+                    await asyncio.wait_for(self.flush(), timeout=2.0)
+                except TimeoutError:
+                    log.warning("forming bars unwritten at shutdown", instruments=len(self._dirty))
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        await super().close()
+
+    async def _run(self) -> None:
+        delay = 0.05
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            taken, self._dirty = self._dirty, {}
+            try:
+                await self.start()
+                await self._write(taken)
+                delay = 0.05
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                FORMING_WRITE_ERRORS.inc()
+                log.warning("forming bars write failed", error=repr(exc), retry_in_s=delay)
+                for key, bars in taken.items():
+                    self._dirty.setdefault(key, bars)  # a newer update wins
+                await asyncio.sleep(delay)
+                delay = min(self.settings.sink_retry_max_s, delay * 2)
+                self._wake.set()
+                continue
+            if not self._dirty:
+                self._idle.set()
+
+    async def _write(self, taken: dict[tuple[str, str], list[Bar]]) -> None:
+        assert self.client is not None
+        ttl = self.settings.redis_forming_ttl_s
+        pipe = self.client.pipeline(transaction=False)
+        for (venue, symbol), bars in taken.items():
+            name = forming_key(self.prefix, venue, symbol)
+            if bars:
+                pipe.set(name, forming_value(venue, symbol, bars), ex=ttl)
+            else:
+                pipe.delete(name)
+        await pipe.execute()
+
+
+def read_stats_key(prefix: str) -> str:
+    """Hash of read-path counters, fields `{tier}:{result}` (see streams.readpath)."""
+    return f"{prefix}stats:readpath"

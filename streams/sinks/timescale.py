@@ -22,6 +22,7 @@ from schemas.batch import MarketEventBatch
 from schemas.ddl import core_ddl, drop_chunks_sql, policy_ddl
 from schemas.events import Kind
 from schemas.pgcopy import HEADER, TRAILER, Column, PgType, encode_rows
+from streams.connections import pg_pool, writer_owns_schema
 from streams.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -170,10 +171,15 @@ class TimescaleWriter:
 
     async def start(self) -> None:
         if self.pool is None:
-            self.pool = await asyncpg.create_pool(
-                self.settings.dsn_with_password(), min_size=1, max_size=4
-            )
-            await self.ensure_schema()
+            self.pool = await pg_pool(self.settings, "writer", min_size=1, max_size=4)
+            try:
+                await self.ensure_schema()
+            except BaseException:
+                # Not started: the next start() must create the tables again, not find a
+                # pool and write into tables that may not exist.
+                self.pool.terminate()
+                self.pool = None
+                raise
 
     async def close(self) -> None:
         if self.pool is not None:
@@ -185,6 +191,8 @@ class TimescaleWriter:
         assert self.pool is not None
         async with self.pool.acquire() as conn:
             self.license = await conn.fetchval("SHOW timescaledb.license")
+            if not writer_owns_schema(self.settings):
+                return  # a writer without DDL rights: `sepstream db-init` made the schema
             async with conn.transaction():
                 # One DDL run at a time across workers starting together.
                 await conn.execute("SELECT pg_advisory_xact_lock(hashtext('sepstream-ddl'))")

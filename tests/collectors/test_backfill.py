@@ -23,6 +23,7 @@ from aiohttp import web
 from schemas.batch import MarketEventBatch
 from schemas.events import Kind
 from streams.collectors import backfill as bf
+from streams.collectors.binance import BinanceKlines
 from streams.settings import Settings
 from streams.sinks.timescale import TimescaleWriter
 from tests.conftest import REPO
@@ -107,7 +108,7 @@ async def stored(pg: asyncpg.Connection, settings: Settings) -> dict[int, asyncp
 async def test_backfill_fills_only_missing_minutes(
     settings: Settings, pg: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(bf, "PAGE", 4)  # small pages: pagination is exercised
+    monkeypatch.setattr(BinanceKlines, "page", 4)  # small pages: pagination is exercised
     await store_some_bars(settings)
     server = KlinesServer()
     runner, port = await serve_klines(server)
@@ -115,7 +116,7 @@ async def test_backfill_fills_only_missing_minutes(
         run = replace(
             settings, binance_rest_url=f"http://127.0.0.1:{port}", backfill_requests_per_s=20.0
         )
-        report = await bf.backfill_binance(run, "BTC-USDT", T0, T0 + timedelta(minutes=MINUTES))
+        report = await bf.backfill(run, "binance", "BTC-USDT", T0, T0 + timedelta(minutes=MINUTES))
     finally:
         await runner.cleanup()
 
