@@ -99,9 +99,7 @@ def register_sink[T](
     # The agent's input queue is bounded (stream_buffer_maxsize); while a write is retried
     # it fills, and Faust stops fetching the partitions that feed it. Shown, to be checked.
     inputs: list[Any] = []
-    SINK_BUFFERED.labels(name).set_function(
-        lambda: sum(s.channel.queue.qsize() for s in inputs)
-    )
+    SINK_BUFFERED.labels(name).set_function(lambda: sum(s.channel.queue.qsize() for s in inputs))
 
     @app.agent(channel, name=f"sink-{name}")
     async def sink(stream: faust.StreamT[bytes]) -> None:

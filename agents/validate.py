@@ -30,20 +30,22 @@ _ORIGINAL_MAX: Final = 65_536  # bytes of an oversized record kept in its dead l
 
 
 class _SeenIds:
-    """The last `window` trade ids of one instrument (insertion order), for duplicate checks."""
+    """The last `window` trade ids of one instrument (insertion order), for duplicate checks,
+    each with the input record that first carried it: a record read again (a redelivery
+    after a rebalance, a re-read partition) is not a duplicate of itself."""
 
-    __slots__ = ("ids", "order", "window")
+    __slots__ = ("first", "order", "window")
 
     def __init__(self, window: int) -> None:
         self.window = window
-        self.ids: set[int] = set()
+        self.first: dict[int, int] = {}  # trade id → source of the record that carried it
         self.order: deque[int] = deque()
 
-    def add(self, trade_id: int) -> None:
-        self.ids.add(trade_id)
+    def add(self, trade_id: int, source: int) -> None:
+        self.first[trade_id] = source
         self.order.append(trade_id)
         if len(self.order) > self.window:
-            self.ids.discard(self.order.popleft())
+            del self.first[self.order.popleft()]
 
 
 class Validator:
@@ -54,6 +56,7 @@ class Validator:
         self.venues = frozenset(settings.venues)
         self.symbols = frozenset(settings.symbols)
         self._seen: dict[str, _SeenIds] = {}
+        self._anonymous = 0  # sources for callers that give none: each call its own record
 
     def record_reason(self, batch: MarketEventBatch) -> tuple[str, str] | None:
         """A reason shared by every event of the record (bad instrument or timeframe)."""
@@ -67,8 +70,14 @@ class Validator:
             return "unknown_timeframe", str(batch.timeframe)
         return None
 
-    def event_reasons(self, batch: MarketEventBatch, now_ns: int) -> list[str | None]:
-        """Per event: None when valid, else the reason code of the first rule it fails."""
+    def event_reasons(
+        self, batch: MarketEventBatch, now_ns: int, source: int | None = None
+    ) -> list[str | None]:
+        """Per event: None when valid, else the reason code of the first rule it fails.
+
+        `source` identifies the input record (`source_id`): the same record read again gets
+        the same answers, its own trade ids are not duplicates of themselves.
+        """
         c = batch.cols
         ts = c["ts_event"]
         rules: list[tuple[str, npt.NDArray[np.bool_]]] = []
@@ -120,20 +129,31 @@ class Validator:
                 if reasons[i] is None:
                     reasons[i] = reason
         if batch.kind is Kind.TRADE:
-            self._duplicates(batch, reasons)
+            if source is None:
+                self._anonymous -= 1
+                source = self._anonymous
+            self._duplicates(batch, reasons, source)
         return reasons
 
-    def _duplicates(self, batch: MarketEventBatch, reasons: list[str | None]) -> None:
+    def _duplicates(self, batch: MarketEventBatch, reasons: list[str | None], source: int) -> None:
         seen = self._seen.get(batch.key)
         if seen is None:
             seen = self._seen[batch.key] = _SeenIds(self.settings.dedup_window)
+        here: set[int] = set()  # ids this record carried so far
         for i, trade_id in enumerate(batch.cols["trade_id"].tolist()):
             if reasons[i] is not None:
                 continue
-            if trade_id in seen.ids:
+            first = seen.first.get(trade_id)
+            if first is None:
+                seen.add(trade_id, source)
+            elif first != source or trade_id in here:
                 reasons[i] = "duplicate_trade_id"
-            else:
-                seen.add(trade_id)
+            here.add(trade_id)
+
+
+def source_id(partition: int, offset: int) -> int:
+    """One int for an input record's position (compact to keep per trade id)."""
+    return (partition << 48) | offset
 
 
 def register(app: faust.App, topics: Topics, settings: Settings) -> None:
@@ -176,7 +196,11 @@ def register(app: faust.App, topics: Topics, settings: Settings) -> None:
             try:
                 shared = validator.record_reason(batch)
                 reasons = (
-                    [shared[0]] * n if shared else validator.event_reasons(batch, time.time_ns())
+                    [shared[0]] * n
+                    if shared
+                    else validator.event_reasons(
+                        batch, time.time_ns(), source_id(msg.partition, msg.offset)
+                    )
                 )
             except Exception as exc:  # a rule bug must not stop the stream
                 log.exception("validation failed", key=key, error=repr(exc))

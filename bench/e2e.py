@@ -137,18 +137,20 @@ class ProcSampler:
 
     def __init__(self, procs: dict[str, list[psutil.Process]], period_s: float = 0.25) -> None:
         self.procs = procs
+        # a process named on its own is not counted again in another's tree (the worker
+        # is a child of the harness)
+        self.named = {p.pid for roots in procs.values() for p in roots}
         self.period_s = period_s
         self.stats = {name: ProcStats(name) for name in procs}
         self._cpu0: dict[str, float] = {}
         self._t0 = 0.0
         self._task: asyncio.Task[None] | None = None
 
-    @staticmethod
-    def _tree(roots: list[psutil.Process]) -> list[psutil.Process]:
+    def _tree(self, roots: list[psutil.Process]) -> list[psutil.Process]:
         out: list[psutil.Process] = []
         for p in roots:
             with contextlib.suppress(psutil.Error):
-                out += [p, *p.children(recursive=True)]
+                out += [p, *(c for c in p.children() if c.pid not in self.named)]
         return out
 
     def _sample(self) -> dict[str, float]:
@@ -551,17 +553,20 @@ async def pg_observer(
     feed: LiveFeed,
     instruments: list[tuple[str, str]],
     *,
+    span: int,
     poll_s: float,
     stop: asyncio.Event,
 ) -> list[tuple[str, int, int]]:
     """Poll max(trade_id) per instrument (an index lookup); every change seen.
 
     Only ids of the timed feed count (from its first id per instrument on): the warm-up's
-    ids come from another random base and may be larger.
+    ids come from another random base (ids of one feed are contiguous per instrument, and
+    two random bases fall within `span` of each other with negligible probability).
     """
     sql = (
         f"SELECT i.venue, i.symbol, (SELECT max(trade_id) FROM {schema}.ticks t "
-        f"WHERE t.venue = i.venue AND t.symbol = i.symbol AND t.trade_id >= i.lo) "
+        f"WHERE t.venue = i.venue AND t.symbol = i.symbol "
+        f"AND t.trade_id BETWEEN i.lo AND i.lo + $4::int8) "
         f"FROM unnest($1::text[], $2::text[], $3::int8[]) AS i(venue, symbol, lo)"
     )
     seen: dict[str, int] = {}
@@ -576,7 +581,7 @@ async def pg_observer(
         if not fed:
             await asyncio.sleep(poll_s)
             continue
-        rows = await pg.fetch(sql, *(list(col) for col in zip(*fed, strict=True)))
+        rows = await pg.fetch(sql, *(list(col) for col in zip(*fed, strict=True)), span)
         at = time.time_ns()
         for venue, symbol, top in rows:
             key = f"{venue}:{symbol}"
@@ -700,6 +705,7 @@ async def live_run(
                     settings.pg_schema,
                     feed,
                     [tuple(k.split(":", 1)) for k in observed],  # type: ignore[misc]
+                    span=int(rate * (opts.duration_s + opts.settle_s)),
                     poll_s=opts.pg_poll_s,
                     stop=stop_pg,
                 )

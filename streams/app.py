@@ -97,7 +97,7 @@ def new_faust_app(settings: Settings, *, web_enabled: bool = True) -> faust.App:
 def create_app(settings: Settings) -> faust.App:
     from streams import commit_watchdog
 
-    commit_watchdog.install_strict_consumer()
+    commit_watchdog.install_strict_consumer(settings.kafka_fetch_max_wait_ms)
     app = new_faust_app(settings)
     topics = make_topics(app, settings)
 

@@ -42,7 +42,9 @@ async def audit(
     who = actor or os_user()
     doc = details or {}
     host = socket.gethostname()
-    log.info("audit", action=action, actor=who, host=host, namespace=settings.namespace, **doc)
+    log.info(
+        "audit", action=action, actor=who, host=host, namespace=settings.namespace, details=doc
+    )
     schema = check_ident(settings.pg_schema)
     conn = await pg_connect(settings, "writer", timeout=10)
     try:

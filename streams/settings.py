@@ -86,7 +86,7 @@ class Settings:
     # sinks
     archive_ticks: bool = True
     sink_max_records: int = 256
-    sink_linger_ms: int = 200
+    sink_linger_ms: int = 20  # longest a record waits for its write batch to fill
     sink_retry_max_s: float = 5.0
     redis_trade_ttl_s: int = 900
     redis_bar_ttl_periods: int = 600  # a bars key expires after this many bar periods idle
@@ -115,6 +115,9 @@ class Settings:
     session_timeout_s: float = 10.0
     rebalance_timeout_s: float = 10.0
     commit_interval_s: float = 1.0
+    # Longest a fetch waits for data. Kafka answers as soon as data arrives; the dev broker
+    # (Tansu) waits it out, so it bounds the latency each pipeline hop adds there.
+    kafka_fetch_max_wait_ms: int = 10
     # venue collectors (`sepstream collect`): endpoints are settings so tests and proxies
     # can point a collector elsewhere; the defaults are the venues' public endpoints
     binance_ws_url: str = "wss://stream.binance.com:9443"

@@ -32,7 +32,7 @@ async def test_audit_writes_row_and_event(settings: Settings, pg: asyncpg.Connec
     assert len(events) == 1
     assert events[0]["action"] == "offset-reset"
     assert events[0]["actor"] == getpass.getuser()
-    assert events[0]["group"] == "g1"
+    assert events[0]["details"] == {"group": "g1", "partitions": [0]}
     # an explicit actor is recorded as given, in order
     second = await audit(settings, "subscription", "ops-bot", {"venue": "binance"})
     actors = await pg.fetch(f"SELECT id, actor FROM {settings.pg_schema}.audit_log ORDER BY id")
