@@ -15,11 +15,19 @@ All events of a record share kind, venue and symbol. Times are int64 ns since th
 Decoding never raises anything but `CodecError`: a value of the wrong type inside a column
 does not reject the whole record, it is flagged per event in `MarketEventBatch.bad_type`
 so that validation can dead-letter exactly that event.
+
+Each distinct record is decoded once per process (`DecodeCache`): validate, bars, both
+sinks, indicators and damping all read the same records, so a decoded batch is shared, and
+its arrays are read-only. A caller that needs a modified column copies it first.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
+from contextlib import suppress
 from dataclasses import dataclass, field
+from functools import cached_property
+from operator import countOf
 from typing import Any, Final
 
 import numpy as np
@@ -29,7 +37,14 @@ import orjson
 from schemas.envelope import CodecError, load_envelope
 from schemas.events import SCHEMA_VERSION, Kind, MarketEvent
 
-__all__ = ["COLUMNS", "CodecError", "MarketEventBatch", "decode_batch"]
+__all__ = [
+    "COLUMNS",
+    "DECODE_CACHE",
+    "CodecError",
+    "DecodeCache",
+    "MarketEventBatch",
+    "decode_batch",
+]
 
 I8: Final = np.dtype(np.int64)
 F8: Final = np.dtype(np.float64)
@@ -87,8 +102,8 @@ class MarketEventBatch:
     stamps: dict[str, int] = field(default_factory=dict)
     # Per-event mask of values that had the wrong JSON type (None when all were fine).
     bad_type: npt.NDArray[np.bool_] | None = None
-    # The decoded JSON columns, kept so a rejected event is dead-lettered as it arrived.
-    raw: dict[str, list[Any]] | None = field(default=None, repr=False)
+    # The record decoded, kept so a rejected event is dead-lettered as it arrived.
+    wire: bytes | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
         return len(self.cols["ts_event"])
@@ -109,9 +124,19 @@ class MarketEventBatch:
             stamps=dict(self.stamps),
         )
 
+    @cached_property
+    def raw(self) -> dict[str, Any] | None:
+        """The JSON columns as they arrived; parsed again on demand, as only dead letters
+        need them and a cached batch should not hold a Python object per value."""
+        if self.wire is None:
+            return None
+        cols: dict[str, Any] = orjson.loads(self.wire)["cols"]
+        return cols
+
     def raw_event(self, i: int) -> dict[str, Any]:
         """Event `i` as it arrived on the wire (for dead letters)."""
-        source: dict[str, Any] = self.raw if self.raw is not None else self.cols
+        raw = self.raw
+        source: dict[str, Any] = raw if raw is not None else self.cols
         event: dict[str, Any] = {
             "kind": self.kind.value,
             "venue": self.venue,
@@ -184,8 +209,94 @@ class MarketEventBatch:
         return orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
+class DecodeCache:
+    """Decoded records keyed by their bytes, least recently used evicted first.
+
+    Bounded by entries and by bytes (the record plus its arrays), so it never grows with
+    the input. Faust hands each record to every agent's buffer (1024 deep), so a slow
+    sink may read it up to ~1k records after the fastest agent did: the default size
+    (`DECODE_CACHE`) covers about that for records of 512 trades. Hashing the key costs about
+    1/30 of a decode (and once per bytes object, which Faust shares between the agents of
+    one topic), and a hit compares bytes (memcmp). Only successful decodes are kept;
+    a `CodecError` is raised again on every call. Each call gets its own batch object
+    (fresh `cols` and `stamps` dicts) whose arrays are the shared, read-only ones.
+    Safe re-entrantly (nothing is held across a decode); not meant for threads.
+    """
+
+    def __init__(self, max_entries: int, max_bytes: int) -> None:
+        if max_entries < 1 or max_bytes < 1:
+            raise ValueError("a decode cache needs room for at least one entry and byte")
+        self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self.nbytes = 0
+        self.hits = 0
+        self.misses = 0  # calls that decoded: misses, failures and records too big to keep
+        self._entries: OrderedDict[bytes, tuple[MarketEventBatch, int]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def clear(self) -> None:
+        self._entries.clear()
+        self.nbytes = 0
+
+    def decode(self, data: bytes) -> MarketEventBatch:
+        """`decode_batch`, through the cache."""
+        if type(data) is not bytes:  # bytearray, memoryview: unhashable, decoded each time
+            self.misses += 1
+            return _copy(_decode(data))
+        entry = self._entries.get(data)
+        if entry is not None:
+            self.hits += 1
+            with suppress(KeyError):  # evicted by a re-entrant call meanwhile: still valid
+                self._entries.move_to_end(data)
+            return _copy(entry[0])
+        self.misses += 1
+        batch = _decode(data)
+        cost = len(data) + sum(a.nbytes for a in batch.cols.values())
+        if batch.bad_type is not None:
+            cost += batch.bad_type.nbytes
+        if cost <= self.max_bytes and data not in self._entries:
+            self._entries[data] = (batch, cost)
+            self.nbytes += cost
+            while self._entries and (
+                len(self._entries) > self.max_entries or self.nbytes > self.max_bytes
+            ):
+                _, (_, freed) = self._entries.popitem(last=False)
+                self.nbytes -= freed
+        return _copy(batch)
+
+
+# A record of 512 trades costs ~66 KB with its arrays: ~1k of them fit in 64 MiB, the most
+# this may hold of the worker's 300 MB memory goal (it no longer keeps each batch's JSON
+# values, ~100 KB per such record, while a sink's take of up to 256 records is written).
+DECODE_CACHE: Final = DecodeCache(max_entries=1024, max_bytes=64 * 1024 * 1024)
+
+
 def decode_batch(data: bytes) -> MarketEventBatch:
-    """Parse one wire record; raises `CodecError` with a dead-letter reason code."""
+    """Parse one wire record; raises `CodecError` with a dead-letter reason code.
+
+    Decoded once per process (`DECODE_CACHE`): the batch's arrays are shared and read-only.
+    """
+    return DECODE_CACHE.decode(data)
+
+
+def _copy(batch: MarketEventBatch) -> MarketEventBatch:
+    """A batch of its own around the shared, read-only arrays."""
+    return MarketEventBatch(
+        kind=batch.kind,
+        venue=batch.venue,
+        symbol=batch.symbol,
+        cols=dict(batch.cols),
+        timeframe=batch.timeframe,
+        reason=batch.reason,
+        stamps=dict(batch.stamps),
+        bad_type=batch.bad_type,
+        wire=batch.wire,
+    )
+
+
+def _decode(data: bytes) -> MarketEventBatch:
     doc = load_envelope(data, SCHEMA_VERSION)
     kind = _KINDS.get(doc.get("kind"))  # type: ignore[arg-type]
     if kind is None:
@@ -193,7 +304,8 @@ def decode_batch(data: bytes) -> MarketEventBatch:
     venue, symbol, n, raw = doc.get("venue"), doc.get("symbol"), doc.get("n"), doc.get("cols")
     if not isinstance(venue, str) or not isinstance(symbol, str):
         raise CodecError("malformed", "venue and symbol must be strings")
-    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+    # Every event takes at least a byte: a larger n is a lie, not worth allocating for.
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1 or n > len(data):
         raise CodecError("malformed", f"n={n!r}")
     if not isinstance(raw, dict):
         raise CodecError("malformed", "cols must be an object")
@@ -210,11 +322,16 @@ def decode_batch(data: bytes) -> MarketEventBatch:
         if values is None:
             if spec.fill is None:
                 raise CodecError("malformed", f"missing column {name}")
-            cols[name] = np.full(n, spec.fill, dtype=spec.dtype)
-            continue
-        if not isinstance(values, list) or len(values) != n:
+            col = np.full(n, spec.fill, dtype=spec.dtype)
+        elif not isinstance(values, list) or len(values) != n:
             raise CodecError("malformed", f"column {name} is not a list of length {n}")
-        cols[name] = _column(values, spec, bad)
+        else:
+            col = _column(values, spec, bad)
+        col.setflags(write=False)
+        cols[name] = col
+    has_bad = bool(bad.any())
+    if has_bad:
+        bad.setflags(write=False)
     return MarketEventBatch(
         kind=kind,
         venue=venue,
@@ -223,19 +340,29 @@ def decode_batch(data: bytes) -> MarketEventBatch:
         timeframe=tf if isinstance(tf, str) else None,
         reason=reason if isinstance(reason, str) else None,
         stamps={k: v for k, v in stamps.items() if isinstance(v, int)},
-        bad_type=bad if bad.any() else None,
-        raw=raw,
+        bad_type=bad if has_bad else None,
+        wire=data,
     )
 
 
 def _column(values: list[Any], spec: ColumnSpec, bad: npt.NDArray[np.bool_]) -> npt.NDArray[Any]:
     """Vectorised conversion with a per-element slow path only when types are mixed."""
-    arr = np.asarray(values)
-    kind = arr.dtype.kind
-    if spec.dtype.kind == "f" and kind in "if":
-        return arr.astype(np.float64, copy=False)
-    if spec.dtype.kind == "i" and kind in "iu":
-        return arr.astype(np.int64, copy=False)
+    n = len(values)
+    if spec.dtype.kind == "i":
+        # Only exact ints (not bool, float or str, which fromiter would convert silently);
+        # fromiter is ~2x faster than asarray's type inference, and raises OverflowError
+        # outside int64 where asarray's uint64 would wrap around.
+        if countOf(map(type, values), int) == n:
+            try:
+                return np.fromiter(values, I8, count=n)
+            except OverflowError:
+                pass
+    else:
+        arr = np.asarray(values)
+        if arr.dtype.kind in "if":
+            return arr.astype(np.float64, copy=False)
+    if spec.fill is not None and values.count(None) == n:
+        return np.full(n, spec.fill, dtype=spec.dtype)  # an optional column sent as nulls
     return _column_slow(values, spec, bad)
 
 

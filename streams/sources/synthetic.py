@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Final, Protocol
@@ -206,12 +206,15 @@ async def produce(
     rate_per_s: float = 100.0,
     pace: float = 0.0,
     instruments: Sequence[Instrument] = DEFAULT_INSTRUMENTS,
+    hold: Callable[[int], Awaitable[None]] | None = None,
 ) -> int:
     """Feed the generated trades to `producer` in simulated-time order; returns the count.
 
     Simulated time is cut into slices (about 4096 expected events each, or ~10 ms of wall
     time when pacing); each slice adds each instrument's trades of that slice. `pace` > 0
     emits at that many events per wall-clock second, sleeping between slices when ahead.
+    `hold`, if given, is awaited before each slice with the count sent so far; time spent
+    in it is not made up for afterwards (fault tests pause the feed mid-stream with it).
     """
     if not (math.isfinite(pace) and pace >= 0):
         raise ValueError(f"pace must be >= 0, got {pace}")
@@ -241,6 +244,10 @@ async def produce(
     began = loop.time()
     sent = 0
     for s in range(slices):
+        if hold is not None:
+            held_since = loop.time()
+            await hold(sent)
+            began += loop.time() - held_since
         for (inst, cols), cut in zip(data, cuts, strict=True):
             a, b = cut[s], cut[s + 1]
             if b > a:

@@ -39,13 +39,16 @@ TickKey = tuple[str, str, int, int]  # venue, symbol, trade_id, ts_event
 @dataclass
 class KnownStream:
     """`events` trades of INSTRUMENTS over the last `minutes` simulated minutes, fed at `pace`
-    events per wall-clock second by `feed()` (a task, so faults can happen meanwhile)."""
+    events per wall-clock second by `feed()` (a task, so faults can happen meanwhile).
+    With `hold_after`, the feed stops after that many events until `release` is set."""
 
     settings: Settings
     events: int
     pace: float
     seed: int = 5
     minutes: int = 10
+    hold_after: int | None = None
+    release: asyncio.Event = field(default_factory=asyncio.Event)
     generated: list[tuple[Any, dict[str, npt.NDArray[Any]]]] = field(default_factory=list)
     start_ns: int = 0
     produced: int = 0
@@ -81,10 +84,17 @@ class KnownStream:
                 rate_per_s=self.rate,
                 pace=self.pace,
                 instruments=INSTRUMENTS,
+                hold=self._hold,
             )
             await prod.flush()
             self.producer_errors = prod.send_errors
         return self.produced
+
+    async def _hold(self, sent: int) -> None:
+        """Past `hold_after` events, wait for `release`: the fault then happens mid-stream
+        however slow the machine is."""
+        if self.hold_after is not None and sent >= self.hold_after:
+            await self.release.wait()
 
     def tick_keys(self) -> Counter[TickKey]:
         out: Counter[TickKey] = Counter()

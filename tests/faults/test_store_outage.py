@@ -50,14 +50,18 @@ async def _outage(
     settings: Settings,
     worker: WorkerProcess,
     sink: str,
+    *,
+    release: asyncio.Event,
 ) -> dict[str, Any]:
-    """Stop `service` for OUTAGE_S; returns what was observed meanwhile."""
+    """Stop `service` for OUTAGE_S, letting the held input flow on (`release`); returns
+    what was observed meanwhile."""
     assert worker.proc is not None
     proc = psutil.Process(worker.proc.pid)
     names = hot_topics(settings)
     sink_topics = [names["events"], names["bars"]]
     rss_before = proc.memory_info().rss
     svc.dev("down", service)
+    release.set()
     seen: dict[str, Any] = {"buffered": 0.0, "paused": 0.0, "rss_max": rss_before}
     try:
         await asyncio.sleep(3)  # writes in flight when it went down have failed by now
@@ -100,7 +104,7 @@ async def test_store_down_mid_stream(
     outage: tuple[str, str],
 ) -> None:
     service, sink = outage  # the store stopped, the sink that writes to it
-    stream = KnownStream(fault_settings, events=60_000, pace=1_500)
+    stream = KnownStream(fault_settings, events=60_000, pace=1_500, hold_after=6_000)
     start = await stream.prepare()
     log_path = ARTIFACTS / f"{fault_settings.namespace}-{service}-outage.log"
     worker = WorkerProcess(fault_settings, log_path).start()
@@ -116,7 +120,9 @@ async def test_store_down_mid_stream(
         await eventually(flowing, within=60, every=0.2)
         if service == "postgres":
             await fault_pg.close()
-        seen = await _outage(private_services, service, fault_settings, worker, sink)
+        seen = await _outage(
+            private_services, service, fault_settings, worker, sink, release=stream.release
+        )
         log.info("outage observed", service=service, **seen)
         if service == "postgres":
             fault_pg = await asyncpg.connect(fault_settings.dsn_with_password())

@@ -34,7 +34,7 @@ async def test_worker_sigkilled_mid_batch(
             "indicators_max_wait_ms": 50,
         },
     )
-    stream = KnownStream(settings, events=45_000, pace=1_500, minutes=30)
+    stream = KnownStream(settings, events=45_000, pace=1_500, minutes=30, hold_after=15_000)
     start = await stream.prepare()
     schema = settings.pg_schema
     log = ARTIFACTS / f"{settings.namespace}-sigkill.log"
@@ -49,6 +49,7 @@ async def test_worker_sigkilled_mid_batch(
             await eventually(mid_stream, within=60, every=0.05)
         finally:
             first.kill()  # SIGKILL: no clean shutdown, no final commit
+            stream.release.set()  # the rest of the input arrives while no worker runs
         assert not feeding.done(), "the input ended before the kill: not a mid-stream crash"
         stored_before = await tick_count(fault_pg, schema)
         assert stored_before < stream.events

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import orjson
 import pytest
 
-from schemas.batch import CodecError, MarketEventBatch, decode_batch
+from schemas.batch import DECODE_CACHE, CodecError, DecodeCache, MarketEventBatch, decode_batch
 from schemas.events import Kind
 
 
@@ -97,3 +99,120 @@ def test_select_keeps_only_chosen_rows() -> None:
     part = batch.select(np.array([True, False, True, False]))
     assert part.cols["trade_id"].tolist() == [10, 12]
     assert len(part) == 2
+
+
+# ---- decode once per process: the cache, and the read-only batches it shares ----
+
+
+def _record(n: int = 4, stamp: int = 1) -> bytes:
+    """A distinct record per `stamp`, so tests never meet another test's cache entries."""
+    return _trades(n).encode(collector_out=stamp)
+
+
+def _copy_of(data: bytes) -> bytes:
+    """Equal bytes in a new object: what each consumer gets from the broker."""
+    return bytes(bytearray(data))
+
+
+def test_equal_record_is_decoded_once_and_shared_read_only() -> None:
+    data = _record(stamp=time.time_ns())
+    hits, misses = DECODE_CACHE.hits, DECODE_CACHE.misses
+    first = decode_batch(data)
+    again = decode_batch(_copy_of(data))
+    assert (DECODE_CACHE.hits - hits, DECODE_CACHE.misses - misses) == (1, 1)
+    # not decoded again: the very same arrays come back, with the same values
+    for name, col in first.cols.items():
+        assert again.cols[name] is col
+    assert again.key == first.key and again.stamps == first.stamps and len(again) == 4
+    # each caller owns its batch object, so rebinding a column or a stamp stays local
+    assert again is not first and again.cols is not first.cols
+    again.stamps["mine"] = 1
+    again.cols["price"] = again.cols["price"] * 2
+    assert "mine" not in decode_batch(data).stamps
+    np.testing.assert_array_equal(decode_batch(data).cols["price"], [1.5] * 4)
+
+
+def test_decoded_arrays_are_read_only_but_select_and_encode_still_work() -> None:
+    batch = decode_batch(orjson.dumps(_doc(price=[1.0, "x"])))
+    with pytest.raises(ValueError, match="read-only"):
+        batch.cols["price"][0] = 2.0
+    with pytest.raises(ValueError, match="read-only"):
+        batch.cols["ts_event"] += 1
+    with pytest.raises(ValueError, match="read-only"):
+        batch.cols["seq"].sort()
+    assert batch.bad_type is not None
+    with pytest.raises(ValueError, match="read-only"):
+        batch.bad_type[0] = True
+    part = batch.select(np.array([True, False]))
+    part.cols["price"][0] = 3.0  # a selection is a copy of its own
+    assert batch.cols["price"].tolist()[0] == 1.0
+    back = decode_batch(batch.encode(validate_out=7))
+    assert back.cols["ts_event"].tolist() == [1, 2] and back.stamps == {"validate_out": 7}
+
+
+def test_raw_event_of_a_cached_batch_is_what_arrived() -> None:
+    data = orjson.dumps({**_doc(price=[1.0, "x"]), "stamps": {"t": time.time_ns()}})
+    decode_batch(data)
+    hits = DECODE_CACHE.hits
+    batch = decode_batch(_copy_of(data))
+    assert DECODE_CACHE.hits == hits + 1
+    assert batch.raw_event(1)["price"] == "x" and batch.raw_event(0)["price"] == 1.0
+
+
+def test_cache_evicts_least_recently_used_beyond_its_entries() -> None:
+    cache = DecodeCache(max_entries=2, max_bytes=1 << 30)
+    a, b, c = (_record(stamp=s) for s in (1, 2, 3))
+    first_a = cache.decode(a)
+    cache.decode(b)
+    assert cache.decode(_copy_of(a)).cols["price"] is first_a.cols["price"]  # a is now newest
+    cache.decode(c)  # evicts b, the least recently used
+    assert len(cache) == 2 and cache.misses == 3
+    assert cache.decode(_copy_of(a)).cols["price"] is first_a.cols["price"]
+    assert cache.misses == 3
+    cache.decode(_copy_of(b))
+    assert cache.misses == 4  # b was decoded again
+
+
+def test_cache_evicts_beyond_its_bytes_and_skips_records_larger_than_it() -> None:
+    small = [_record(n=4, stamp=s) for s in range(3)]
+    cost = len(small[0]) + 7 * 4 * 8  # the record and its seven 8-byte columns
+    cache = DecodeCache(max_entries=100, max_bytes=2 * cost)
+    for data in small:
+        cache.decode(data)
+        assert cache.nbytes <= cache.max_bytes
+    assert len(cache) == 2 and cache.nbytes == 2 * cost
+    cache.decode(_copy_of(small[0]))
+    assert cache.misses == 4  # the oldest went to make room
+    big = _record(n=200, stamp=9)
+    first = cache.decode(big)
+    assert cache.decode(big).cols["price"] is not first.cols["price"]  # never kept
+    assert cache.nbytes <= cache.max_bytes and len(cache) == 2
+    cache.clear()
+    assert len(cache) == 0 and cache.nbytes == 0
+
+
+def test_codec_errors_are_not_cached() -> None:
+    cache = DecodeCache(max_entries=8, max_bytes=1 << 20)
+    data = orjson.dumps({**_doc(), "n": 3})
+    for attempt in (1, 2):
+        with pytest.raises(CodecError) as err:
+            cache.decode(_copy_of(data))
+        assert err.value.reason == "malformed"
+        assert cache.misses == attempt and cache.hits == 0 and len(cache) == 0
+
+
+def test_int_columns_take_exact_ints_only() -> None:
+    # a boolean, or a value outside int64 (which would wrap around), is the wrong type
+    batch = decode_batch(orjson.dumps(_doc(trade_id=[1, True], seq=[2**63, 5])))
+    assert batch.bad_type is not None and batch.bad_type.tolist() == [True, True]
+    assert batch.raw_event(0)["seq"] == 2**63 and batch.raw_event(1)["trade_id"] is True
+    batch = decode_batch(orjson.dumps(_doc(trade_id=[2**63 - 1, -(2**63)], side=[None, None])))
+    assert batch.bad_type is None
+    assert batch.cols["trade_id"].tolist() == [2**63 - 1, -(2**63)]
+    assert batch.cols["side"].tolist() == [0, 0]  # an optional column sent as nulls
+
+
+def test_an_event_count_beyond_the_record_is_malformed_not_allocated() -> None:
+    with pytest.raises(CodecError) as err:
+        decode_batch(orjson.dumps({**_doc(), "n": 10**15}))
+    assert err.value.reason == "malformed"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from typing import Any
@@ -269,3 +270,27 @@ async def test_produce_paces_wall_clock() -> None:
     assert 0.3 <= elapsed < 5.0  # 400 events at 1000/s: ~0.4 s
     with pytest.raises(ValueError, match="pace"):
         await produce(producer, 1, 10, start_ns=START, pace=-1.0)
+
+
+async def test_produce_holds_without_bursting_afterwards() -> None:
+    """A hold stops the feed; the time held is not made up for by bursting afterwards."""
+    producer = FakeProducer()
+    seen: list[int] = []
+    release = asyncio.Event()
+
+    async def hold(sent: int) -> None:
+        seen.append(sent)
+        if sent >= 200:
+            await release.wait()
+
+    feeding = asyncio.create_task(
+        produce(producer, 1, 400, start_ns=START, pace=1_000.0, hold=hold)
+    )
+    await asyncio.sleep(0.6)  # ~0.2 s to reach the hold, then held
+    held_at = sum(len(c[3]["ts_event"]) for c in producer.calls)
+    assert 200 <= held_at < 400 and not feeding.done()
+    released = time.monotonic()
+    release.set()
+    assert await feeding == 400
+    assert time.monotonic() - released >= 0.12  # the rest at ~1000/s, not in one burst
+    assert seen == sorted(seen) and seen[0] == 0
