@@ -304,6 +304,7 @@ async def compare_run(
     log_path = opts.log_dir / f"{ns}-{variant}.log"
     pg = await asyncpg.connect(settings.dsn_with_password())
     load = os.getloadavg()[0]
+    worker: WorkerProcess | None = None
     try:
         produced = await produce_input(settings, variant, opts, start_ns)
         worker = worker_for(variant, settings, log_path)
@@ -339,7 +340,6 @@ async def compare_run(
                 result.processes = await sampler.stop()
             if tl.first_output_ms is None:  # watch() leaves it unset without a ticks check
                 tl.first_output_ms = observer.first_ms
-                worker.stop()
         # the derived tables settle after the input is reconciled (bars on idle, etc.)
         await asyncio.sleep(0 if tl.reconciled_at is None else 1.0)
         first = await first_record_at(settings, "batched" if "sepstream" in variant else "x", tl)
@@ -359,6 +359,8 @@ async def compare_run(
         result.producer_events_per_s = round(produced.events_per_s)
         result.worker_log = str(log_path)
     finally:
+        if worker is not None:
+            worker.stop()  # after the derived tables settled (above)
         try:
             if not opts.keep:
                 await cleanup(settings, pg)
