@@ -8,7 +8,6 @@ raise out of the loop: a poison record must never stop the worker.
 from __future__ import annotations
 
 import time
-from collections import deque
 from typing import Any, Final
 
 import faust
@@ -16,6 +15,7 @@ import numpy as np
 import numpy.typing as npt
 import structlog
 
+from kernels.dedup import SeenIds
 from schemas.batch import CodecError, MarketEventBatch, decode_batch
 from schemas.deadletter import dead_letter
 from schemas.events import NS_PER_S, SYMBOL_RE, TIMEFRAMES, VENUE_RE, Kind
@@ -29,25 +29,6 @@ SOURCE_HEADER: Final = "src"  # "<partition>:<offset>" of the md.trades.v1 recor
 _ORIGINAL_MAX: Final = 65_536  # bytes of an oversized record kept in its dead letter
 
 
-class _SeenIds:
-    """The last `window` trade ids of one instrument (insertion order), for duplicate checks,
-    each with the input record that first carried it: a record read again (a redelivery
-    after a rebalance, a re-read partition) is not a duplicate of itself."""
-
-    __slots__ = ("first", "order", "window")
-
-    def __init__(self, window: int) -> None:
-        self.window = window
-        self.first: dict[int, int] = {}  # trade id → source of the record that carried it
-        self.order: deque[int] = deque()
-
-    def add(self, trade_id: int, source: int) -> None:
-        self.first[trade_id] = source
-        self.order.append(trade_id)
-        if len(self.order) > self.window:
-            del self.first[self.order.popleft()]
-
-
 class Validator:
     """The validation rules; pure apart from the duplicate-id memory it keeps."""
 
@@ -55,7 +36,7 @@ class Validator:
         self.settings = settings
         self.venues = frozenset(settings.venues)
         self.symbols = frozenset(settings.symbols)
-        self._seen: dict[str, _SeenIds] = {}
+        self._seen: dict[str, SeenIds] = {}  # per instrument, fixed size
         self._anonymous = 0  # sources for callers that give none: each call its own record
 
     def record_reason(self, batch: MarketEventBatch) -> tuple[str, str] | None:
@@ -136,19 +117,14 @@ class Validator:
         return reasons
 
     def _duplicates(self, batch: MarketEventBatch, reasons: list[str | None], source: int) -> None:
+        """Flag repeated trade ids among the events no earlier rule rejected (kernels.dedup);
+        rejected events are neither checked nor remembered."""
         seen = self._seen.get(batch.key)
         if seen is None:
-            seen = self._seen[batch.key] = _SeenIds(self.settings.dedup_window)
-        here: set[int] = set()  # ids this record carried so far
-        for i, trade_id in enumerate(batch.cols["trade_id"].tolist()):
-            if reasons[i] is not None:
-                continue
-            first = seen.first.get(trade_id)
-            if first is None:
-                seen.add(trade_id, source)
-            elif first != source or trade_id in here:
-                reasons[i] = "duplicate_trade_id"
-            here.add(trade_id)
+            seen = self._seen[batch.key] = SeenIds(self.settings.dedup_window)
+        at = np.array([i for i, r in enumerate(reasons) if r is None], dtype=np.intp)
+        for i in at[seen.check(batch.cols["trade_id"][at], source)].tolist():
+            reasons[i] = "duplicate_trade_id"
 
 
 def source_id(partition: int, offset: int) -> int:

@@ -77,12 +77,20 @@ class Settings:
     max_age_s: int = 0  # 0 = no age limit (replays and backfills carry old data)
     min_event_time_s: int = 631_152_000  # 1990-01-01: earlier = a unit mistake (s/ms/µs as ns)
     max_record_bytes: int = 1_048_576
-    dedup_window: int = 100_000  # trade ids remembered per instrument
+    # Trade ids remembered per instrument (kernels.dedup): 16 B each, allocated when the
+    # instrument is first seen, so 4,096 = 64 KiB per instrument (tracemalloc: 64.4 KiB),
+    # 64 MiB at 1,000 instruments: room within the 300 MB worker goal, where 16,384 (256 MiB)
+    # or 8,192 (128 MiB) would not be. Duplicates (producer retries, a reconnect's overlap)
+    # come within seconds of the original: 4,096 ids is 4 s of a 1,000 trades/s instrument
+    # and minutes of a typical one. Older repeats than the window are not caught.
+    dedup_window: int = 4_096
     venues: tuple[str, ...] = KNOWN_VENUES
     symbols: tuple[str, ...] = ()  # empty = any well-formed BASE-QUOTE symbol
     # bars
     bar_grace_ms: int = 2_000
     bar_correction_horizon_min: int = 1_440
+    bars_max_records: int = 256  # md.events.v1 records per bars micro-batch
+    bars_linger_ms: int = 10  # longest a record waits for its bars micro-batch to fill
     # sinks
     archive_ticks: bool = True
     sink_max_records: int = 256

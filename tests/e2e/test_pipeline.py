@@ -121,7 +121,8 @@ def _bad_records(first_good: MarketEventBatch, now: int) -> list[tuple[bytes, by
         }
         return orjson.dumps(doc)
 
-    dup = first_good.select(np.array([0]))
+    # a repeat of the instrument's newest trade: well inside the dedup window
+    dup = first_good.select(np.array([len(first_good) - 1]))
     return [
         (b"k", b"{oops", "malformed_json"),
         (b"k", orjson.dumps({"v": 2, "kind": "trade"}), "unknown_version"),

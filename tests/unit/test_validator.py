@@ -145,3 +145,24 @@ def test_quote_and_bar_rules() -> None:
     assert v.event_reasons(bars, NOW) == [None, "bad_bar", "negative_size"]
     bars.timeframe = "7m"
     assert v.record_reason(bars) == ("unknown_timeframe", "7m")
+
+
+def test_duplicates_are_per_instrument_and_out_of_order_ids_pass() -> None:
+    v = Validator(Settings(dedup_window=64))
+    eth = _trade(trade_id=5)
+    eth.symbol = "ETH-USDT"
+    assert v.event_reasons(_trade(trade_id=5), NOW) == [None]
+    assert v.event_reasons(eth, NOW) == [None]  # same id, another instrument
+    b = MarketEventBatch.from_columns(
+        Kind.TRADE,
+        "binance",
+        "BTC-USDT",
+        {
+            "ts_event": [NOW] * 4,
+            "ts_recv": [NOW] * 4,
+            "price": [1.0] * 4,
+            "size": [1.0] * 4,
+            "trade_id": [9, 3, 5, 4],  # below the largest seen (9): looked up, not assumed
+        },
+    )
+    assert v.event_reasons(b, NOW) == [None, None, "duplicate_trade_id", None]
