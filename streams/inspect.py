@@ -70,6 +70,19 @@ async def ensure_topics(settings: Settings) -> None:
                 await admin.create_topics(new)
 
 
+async def ensure_compacted_topic(settings: Settings, topic: str) -> str:
+    """Create `topic` (namespaced) compacted with one partition if it is missing: the
+    latest-value-per-key topics (model libraries, subscriptions). Returns its name."""
+    name = settings.topic(topic)
+    async with admin_client(settings) as admin:
+        if name not in set(await admin.list_topics()):
+            with contextlib.suppress(TopicAlreadyExistsError):
+                await admin.create_topics(
+                    [NewTopic(name, 1, 1, topic_configs={"cleanup.policy": "compact"})]
+                )
+    return name
+
+
 def partitions_of(topic: str, settings: Settings) -> list[TopicPartition]:
     return [TopicPartition(topic, p) for p in range(settings.partitions)]
 

@@ -40,7 +40,6 @@ Wire format of md.model.paths (key ``paths``; compacted, so the topic keeps the 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import re
 import time
@@ -55,13 +54,12 @@ import numpy.typing as npt
 import orjson
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
 
 from kernels.damping import damp, default_library
 from schemas.ddl import check_ident, signals_ddl
 from streams.app import MODEL_TOPIC
 from streams.connections import kafka_client_kwargs
+from streams.inspect import ensure_compacted_topic
 from streams.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -336,20 +334,7 @@ async def load_latest(conn: asyncpg.Connection, schema: str) -> Library | None:
 
 async def ensure_model_topic(settings: Settings) -> str:
     """Create md.model.paths compacted with one partition if it is missing; returns its name."""
-    name = settings.topic(MODEL_TOPIC)
-    admin = AIOKafkaAdminClient(
-        bootstrap_servers=settings.kafka_bootstrap, **kafka_client_kwargs(settings)
-    )
-    await admin.start()
-    try:
-        if name not in set(await admin.list_topics()):
-            with contextlib.suppress(TopicAlreadyExistsError):
-                await admin.create_topics(
-                    [NewTopic(name, 1, 1, topic_configs={"cleanup.policy": "compact"})]
-                )
-    finally:
-        await admin.close()
-    return name
+    return await ensure_compacted_topic(settings, MODEL_TOPIC)
 
 
 async def publish(settings: Settings, library: Library) -> None:

@@ -23,7 +23,6 @@ change nothing.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import getpass
 import socket
 import time
@@ -34,12 +33,11 @@ from typing import Any, Final
 import orjson
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
 from prometheus_client import Counter as PromCounter
 
 from schemas.events import SYMBOL_RE
 from streams.connections import kafka_client_kwargs
+from streams.inspect import ensure_compacted_topic
 from streams.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -138,20 +136,7 @@ def operator() -> str:
 # ---- the topic ---------------------------------------------------------------------------
 async def ensure_control_topic(settings: Settings) -> str:
     """Create the control topic (compacted, one partition) if it is missing; its name."""
-    name = settings.topic(CONTROL_TOPIC)
-    admin = AIOKafkaAdminClient(
-        bootstrap_servers=settings.kafka_bootstrap, **kafka_client_kwargs(settings)
-    )
-    await admin.start()
-    try:
-        if name not in set(await admin.list_topics()):
-            with contextlib.suppress(TopicAlreadyExistsError):
-                await admin.create_topics(
-                    [NewTopic(name, 1, 1, topic_configs={"cleanup.policy": "compact"})]
-                )
-    finally:
-        await admin.close()
-    return name
+    return await ensure_compacted_topic(settings, CONTROL_TOPIC)
 
 
 async def publish(
