@@ -2,9 +2,9 @@
 rolled up from the closed 1-minute bars (kernels.bars.MultiBook).
 
 The agent works in micro-batches: up to `bars_max_records` records, or what arrived within
-`bars_linger_ms`. Each record of a batch is applied in order to its instrument's book; then
-each instrument touched closes what its watermark passed, once, and sends ONE md.bars.v1
-record per timeframe (its closed and corrected bars in time order, one version of each: the
+`bars_linger_ms`. Each record of a batch is applied in order to its instrument's book, which
+then closes what its watermark passed (so lateness is judged per record, whatever the
+batching); each instrument touched sends ONE md.bars.v1 record per timeframe (its closed and corrected bars in time order, one version of each: the
 latest). Order per batch: publish every record and wait for the broker → save each touched
 instrument's state → ack. A bar is thus delivered before the state that no longer holds it
 is saved (Faust would otherwise hold an unforced send until the ack, after the changelog
@@ -177,7 +177,7 @@ def register(app: faust.App, topics: Topics, settings: Settings) -> None:
             out.count()
 
     async def apply(events: Sequence[Any]) -> None:
-        """One batch: apply its records in order, close once per instrument, publish."""
+        """One batch: apply its records in order (closing due bars after each), publish once."""
         outgoing: dict[bytes, Outgoing] = {}
         deliveries: list[Awaitable[Any]] = []
         for event in events:
@@ -222,8 +222,10 @@ def register(app: faust.App, topics: Topics, settings: Settings) -> None:
             else:
                 for ts in batch.cols["ts_event"].tolist():
                     out.add(book.mark_gap(ts))
-        for out in outgoing.values():
-            out.add(out.book.close_due(None), closed=True)  # event time: more may be queued
+            # Closed after every record, as if records came one by one: whether a later
+            # tick corrects a bar (or is beyond the horizon) must not depend on how the
+            # records were grouped into takes. Event time only: more input may be queued.
+            out.add(book.close_due(None), closed=True)
         await publish(outgoing, deliveries)
 
     @app.agent(topics.events, name="bars")
