@@ -4,12 +4,12 @@ rolled up from the closed 1-minute bars (kernels.bars.MultiBook).
 The agent works in micro-batches: up to `bars_max_records` records, or what arrived within
 `bars_linger_ms`. Each record of a batch is applied in order to its instrument's book, which
 then closes what its watermark passed (so lateness is judged per record, whatever the
-batching); each instrument touched sends ONE md.bars.v1 record per timeframe (its closed and corrected bars in time order, one version of each: the
-latest). Order per batch: publish every record and wait for the broker → save each touched
-instrument's state → ack. A bar is thus delivered before the state that no longer holds it
-is saved (Faust would otherwise hold an unforced send until the ack, after the changelog
-write, and a crash in between would lose the bars for good), and nothing is acked before its
-effects are delivered and saved.
+batching); each instrument touched sends ONE md.bars.v1 record per timeframe (its closed and
+corrected bars in time order, one version of each: the latest). Order per batch: publish
+every record and wait for the broker → save each touched instrument's state → ack. A bar is
+thus delivered before the state that no longer holds it is saved (Faust would otherwise hold
+an unforced send until the ack, after the changelog write, and a crash in between would lose
+the bars for good), and nothing is acked before its effects are delivered and saved.
 
 Forming-bar state is kept per instrument in a changelog-backed Faust table, written once per
 batch, so a restarted worker resumes the bars it was building: Faust flushes the producer
