@@ -42,7 +42,7 @@ import orjson
 import structlog
 from prometheus_client import Counter, Histogram
 
-from agents.sinks import register_sink, retry_forever
+from agents.sinks import register_sinks, retry_forever
 from kernels.damping import DampingResult, damp, resolve_backend
 from schemas.batch import CodecError, decode_batch
 from schemas.events import Kind
@@ -307,29 +307,16 @@ def register(app: faust.App, topics: Topics, settings: Settings) -> None:
         """Another worker may own these instruments now; reload from the table when needed."""
         states.clear()
 
-    for store, writer in (
-        ("timescale", SignalTimescaleWriter(settings)),
-        ("redis", SignalRedisWriter(settings)),
-    ):
-        register_sink(
-            app,
-            topics,
-            settings,
-            name=f"signals-{store}",
-            channel=topics.signals if store == "timescale" else _signals_channel(app, topics),
-            decode=decode_signal,
-            writer=writer,
-            newest_ns=lambda s: s.ts_emit,
-            dead_letters=store == "timescale",
-        )
-
-
-def _signals_channel(app: faust.App, topics: Topics) -> faust.TopicT:
-    """Another channel on md.signals.v1: each agent gets its own."""
-    return app.topic(
-        topics.signals.get_topic_name(),
-        key_type=bytes,
-        value_type=bytes,
-        key_serializer="raw",
-        value_serializer="raw",
+    register_sinks(
+        app,
+        topics,
+        settings,
+        prefix="signals-",
+        inputs=(topics.signals,),
+        decode=decode_signal,
+        writers={
+            "timescale": SignalTimescaleWriter(settings),
+            "redis": SignalRedisWriter(settings),
+        },
+        newest_ns=lambda s: s.ts_emit,
     )

@@ -42,7 +42,7 @@ import orjson
 import structlog
 from prometheus_client import Counter, Histogram
 
-from agents.sinks import register_sink, retry_forever
+from agents.sinks import own_channel, register_sinks, retry_forever
 from kernels.indicators import IndicatorConfig, IndicatorState
 from schemas.batch import CodecError, decode_batch
 from schemas.events import Kind
@@ -247,7 +247,7 @@ def register(app: faust.App, topics: Topics, settings: Settings) -> None:
         ]
         await asyncio.gather(*futures)
 
-    @app.agent(_own_channel(app, topics.bars), name="indicators")
+    @app.agent(own_channel(app, topics.bars), name="indicators")
     async def run(stream: faust.StreamT[bytes]) -> None:
         async for events in stream.noack_take(  # type: ignore[attr-defined]
             settings.indicators_max_batch, within=settings.indicators_max_wait_ms / 1000
@@ -275,31 +275,16 @@ def register(app: faust.App, topics: Topics, settings: Settings) -> None:
         nonlocal books
         books = Books()
 
-    for store, writer in (
-        ("timescale", IndicatorTimescaleWriter(settings)),
-        ("redis", IndicatorRedisWriter(settings)),
-    ):
-        register_sink(
-            app,
-            topics,
-            settings,
-            name=f"indicators-{store}",
-            channel=topics.indicators
-            if store == "timescale"
-            else _own_channel(app, topics.indicators),
-            decode=decode_indicator,
-            writer=writer,
-            newest_ns=lambda r: r.ts_emit,
-            dead_letters=store == "timescale",
-        )
-
-
-def _own_channel(app: faust.App, topic: faust.TopicT) -> faust.TopicT:
-    """Another channel on `topic`: each agent gets its own (as the damping agent's sinks)."""
-    return app.topic(
-        topic.get_topic_name(),
-        key_type=bytes,
-        value_type=bytes,
-        key_serializer="raw",
-        value_serializer="raw",
+    register_sinks(
+        app,
+        topics,
+        settings,
+        prefix="indicators-",
+        inputs=(topics.indicators,),
+        decode=decode_indicator,
+        writers={
+            "timescale": IndicatorTimescaleWriter(settings),
+            "redis": IndicatorRedisWriter(settings),
+        },
+        newest_ns=lambda r: r.ts_emit,
     )

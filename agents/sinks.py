@@ -137,28 +137,57 @@ def _newest_recv(batch: MarketEventBatch) -> int:
     return int(batch.cols["ts_recv"].max())
 
 
-def register(app: faust.App, topics: Topics, settings: Settings) -> None:
-    timescale = TimescaleWriter(settings)
-    for name, writer in (("timescale", timescale), ("redis", RedisWriter(settings))):
-        channel = app.topic(
-            topics.events.get_topic_name(),
-            topics.bars.get_topic_name(),
-            key_type=bytes,
-            value_type=bytes,
-            key_serializer="raw",
-            value_serializer="raw",
-        )
+def own_channel(app: faust.App, *topics: faust.TopicT) -> faust.TopicT:
+    """A channel of its own on `topics`: Faust gives each agent on a topic its own copy of
+    the records only when each agent has its own channel object."""
+    return app.topic(
+        *(t.get_topic_name() for t in topics),
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+    )
+
+
+def register_sinks[T](
+    app: faust.App,
+    topics: Topics,
+    settings: Settings,
+    *,
+    prefix: str,
+    inputs: Sequence[faust.TopicT],
+    decode: Callable[[bytes], T],
+    writers: dict[str, Writer[T]],
+    newest_ns: Callable[[T], int],
+) -> None:
+    """One sink agent per store on `inputs`, each on its own channel; the first store's
+    sink dead-letters undecodable records (once per topic, not once per store)."""
+    for i, (store, writer) in enumerate(writers.items()):
         register_sink(
             app,
             topics,
             settings,
-            name=name,
-            channel=channel,
-            decode=decode_batch,
+            name=f"{prefix}{store}",
+            channel=own_channel(app, *inputs),
+            decode=decode,
             writer=writer,
-            newest_ns=_newest_recv,
-            dead_letters=name == "timescale",
+            newest_ns=newest_ns,
+            dead_letters=i == 0,
         )
+
+
+def register(app: faust.App, topics: Topics, settings: Settings) -> None:
+    timescale = TimescaleWriter(settings)
+    register_sinks(
+        app,
+        topics,
+        settings,
+        prefix="",
+        inputs=(topics.events, topics.bars),
+        decode=decode_batch,
+        writers={"timescale": timescale, "redis": RedisWriter(settings)},
+        newest_ns=_newest_recv,
+    )
 
     if settings.tick_retention_days:
 

@@ -47,22 +47,15 @@ from schemas.ddl import check_ident
 from schemas.events import NS_PER_S, TIMEFRAMES
 from streams.connections import pg_connect
 from streams.settings import Settings
+from streams.sinks.signals import COLUMNS as SIGNAL_TABLE_COLUMNS
+from streams.sinks.signals import KEY as SIGNAL_KEY
 
 EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 FLOAT_RTOL: Final = 1e-12
 BAR_COLUMNS: Final = ("open", "high", "low", "close", "volume", "trades", "vwap", "flags")
-SIGNAL_COLUMNS: Final = (
-    "window_size",
-    "entropy",
-    "coherence",
-    "stability",
-    "lam",
-    "value",
-    "confidence",
-    "iterations",
-    "converged",
-    "collapse",
-    "library_version",
+# every stored signal column but the key and what legitimately differs between runs
+SIGNAL_COLUMNS: Final = tuple(
+    c for c in SIGNAL_TABLE_COLUMNS if c not in (*SIGNAL_KEY, "backend", "ts_emit_ns")
 )
 INDICATOR_CONFIG: Final = IndicatorConfig()  # the fixed config of agents/indicators.py
 INDICATOR_COLUMNS: Final = IndicatorState(INDICATOR_CONFIG).output_names
