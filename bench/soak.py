@@ -12,7 +12,8 @@ so the dead-letter path runs too.
 Every ``--sample-s`` it samples the worker: RSS, open fds and inet connections (psutil),
 asyncio tasks, paused partitions and sink queue depth (the worker's /metrics), and the
 group's lag. The report gives RSS at the end of ``--warmup-s`` (start), at the end and its
-maximum, growth in % and a least-squares slope over the steady part (MiB/min), the same
+maximum, growth in % over the steady part and over its second half (caches fill for
+minutes at first; a leak keeps growing), a least-squares slope (MiB/min), the same
 start/end/max for fds, connections and tasks, and a final reconciliation: after the load
 stops and the lag drains, every accepted tick stored once, and the worker still the same
 process. ``--json`` prints one JSON document (samples included) on stdout; logs go to stderr.
@@ -123,10 +124,13 @@ def summarize(samples: list[Sample], warmup_s: float) -> dict[str, Any]:
     t = np.array([s.t_s for s in steady])
     y = np.array([s.rss_mib for s in steady])
     slope = float(np.polyfit(t / 60, y, 1)[0]) if len(steady) >= 3 else float("nan")
+    # bounded caches fill for minutes at first: a leak keeps growing in the second half too
+    mid = steady[len(steady) // 2].rss_mib
     return {
         "rss_mib": {
             **rss,
             "growth_pct": round(100 * (rss["end"] - rss["start"]) / rss["start"], 2),
+            "second_half_growth_pct": round(100 * (rss["end"] - mid) / mid, 2),
             "max_over_start_pct": round(100 * (rss["max"] - rss["start"]) / rss["start"], 2),
             "slope_mib_per_min": round(slope, 3),
             "before_warmup": samples[0].rss_mib,
@@ -321,6 +325,7 @@ def main(argv: list[str] | None = None) -> int:
             rss_end_mib=r["end"],
             rss_max_mib=r["max"],
             growth_pct=r["growth_pct"],
+            second_half_growth_pct=r["second_half_growth_pct"],
             slope_mib_per_min=r["slope_mib_per_min"],
             fds=s["fds"],
             connections=s["connections"],

@@ -29,6 +29,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from kernels.lagstatus import Observation, Status, evaluate_group, worst
+from streams import fetchwait
 from streams.connections import kafka_client_kwargs
 from streams.inspect import hot_topics
 from streams.metrics import GROUP_LAG_STATUS, LAG_MESSAGES, LAG_SECONDS, LAG_STATUS
@@ -170,6 +171,7 @@ class LagCollector:
             **kafka_client_kwargs(self.settings),
         )
         await self._consumer.start()
+        fetchwait.adapt(self._consumer, "lag")  # it reads at committed offsets, behind
 
     async def stop(self) -> None:
         if self._consumer is not None:

@@ -41,6 +41,12 @@ PAUSED_PARTITIONS: Final = Gauge(
     "sepstream_paused_partitions", "Partitions not fetched because a stream buffer is full"
 )
 ASYNCIO_TASKS: Final = Gauge("sepstream_asyncio_tasks", "Live asyncio tasks in the worker")
+FETCH_WAIT_MS: Final = Gauge(
+    "sepstream_kafka_fetch_wait_ms",
+    "Current fetch_max_wait_ms of a consumer (grows while the broker is slow to return a "
+    "backlog, see streams/fetchwait.py)",
+    ["consumer"],
+)
 # Read path (streams/readpath.py): one hit or miss per tier consulted, per request
 READ_REQUESTS: Final = Counter(
     "sepstream_read_requests",

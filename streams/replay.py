@@ -63,6 +63,7 @@ from rich.progress import (
 from schemas.batch import CodecError, MarketEventBatch, decode_batch
 from schemas.ddl import check_ident
 from schemas.events import NS_PER_S
+from streams import fetchwait
 from streams.app import TOPIC_NAMES
 from streams.connections import kafka_client_kwargs, pg_connect
 from streams.inspect import (
@@ -218,6 +219,7 @@ class OffsetLocator:
 
     async def __aenter__(self) -> OffsetLocator:
         await self._consumer.start()
+        fetchwait.adapt(self._consumer, "replay-locate")
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -349,6 +351,7 @@ async def read_merged(
     )
     await consumer.start()
     try:
+        fetchwait.adapt(consumer, "replay-read")  # history: a backlog by definition
         consumer.assign(list(todo))
         for tp, span in todo.items():
             consumer.seek(tp, span.start)

@@ -124,7 +124,8 @@ class Settings:
     rebalance_timeout_s: float = 10.0
     commit_interval_s: float = 1.0
     # Longest a fetch waits for data. Kafka answers as soon as data arrives; the dev broker
-    # (Tansu) waits it out, so it bounds the latency each pipeline hop adds there.
+    # (Tansu) waits it out, so it bounds the latency each pipeline hop adds there. The base:
+    # it grows while the broker answers empty with a backlog waiting (streams/fetchwait.py).
     kafka_fetch_max_wait_ms: int = 10
     # venue collectors (`sepstream collect`): endpoints are settings so tests and proxies
     # can point a collector elsewhere; the defaults are the venues' public endpoints

@@ -144,6 +144,13 @@ async def test_dashboard_lag_metrics_and_cli(settings: Settings, rds: aioredis.R
             assert "sepstream_data_freshness_seconds" in families
             assert len(families["sepstream_data_freshness_seconds"].samples) == INSTRUMENTS
             assert "sepstream_kernel_seconds" in families
+            # the worker's consumer and the lag monitor's both adapt their fetch wait
+            waits = {
+                s.labels["consumer"]: s.value
+                for s in families["sepstream_kafka_fetch_wait_ms"].samples
+            }
+            assert {"worker", "lag"} <= waits.keys(), waits
+            assert waits["worker"] >= settings.kafka_fetch_max_wait_ms
 
         env = {**os.environ, **settings.to_env()}
         done = await asyncio.to_thread(

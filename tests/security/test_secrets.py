@@ -10,6 +10,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import asyncpg
 import pytest
@@ -23,6 +24,11 @@ from tests.conftest import REPO, free_port
 PG_SECRET = "Pg-S3cret-" + uuid.uuid4().hex[:8]
 REDIS_SECRET = "Rd-S3cret-" + uuid.uuid4().hex[:8]
 SASL_SECRET = "Ks-S3cret-" + uuid.uuid4().hex[:8]
+# the PostgreSQL the suite runs against (SEPSTREAM_PG_DSN may move it), with a wrong password
+_PG = urlsplit(Settings.from_env().pg_dsn)
+_PG_AT = f"{_PG.hostname}:{_PG.port or 5432}{_PG.path}"
+WRONG_DSN = f"postgresql://sepstream:{PG_SECRET}@{_PG_AT}"
+MASKED_DSN = f"postgresql://sepstream:***@{_PG_AT}"
 
 
 def _secret_env(tmp_path: Path) -> dict[str, str]:
@@ -34,7 +40,7 @@ def _secret_env(tmp_path: Path) -> dict[str, str]:
     ns = f"t{uuid.uuid4().hex[:10]}"
     env |= {
         # a wrong password inside the DSN: every PostgreSQL connection fails authentication
-        "SEPSTREAM_PG_DSN": f"postgresql://sepstream:{PG_SECRET}@127.0.0.1:55432/sepstream",
+        "SEPSTREAM_PG_DSN": WRONG_DSN,
         "SEPSTREAM_NAMESPACE": ns,
         "SEPSTREAM_APP_ID": f"sepstream-{ns}",
         "SEPSTREAM_WEB_PORT": str(free_port()),
@@ -98,7 +104,7 @@ def test_worker_start_logs_no_secret(tmp_path: Path, services: None) -> None:
     start = next(json.loads(x) for x in lines if '"worker starting"' in x)
     assert start["settings"]["redis_password"] == "***"
     assert start["settings"]["kafka_sasl_password"] == "***"
-    assert start["settings"]["pg_dsn"] == "postgresql://sepstream:***@127.0.0.1:55432/sepstream"
+    assert start["settings"]["pg_dsn"] == MASKED_DSN
     _assert_clean(text)
 
 
@@ -127,9 +133,7 @@ async def test_connection_failure_logged_with_its_dsn_is_masked(
 ) -> None:
     """Even code that logs a DSN and the exception of a failed connection leaks nothing."""
     configure_logging("info", "json")  # the real pipeline: JSON lines on stderr
-    settings = Settings.from_env(
-        {"SEPSTREAM_PG_DSN": f"postgresql://sepstream:{PG_SECRET}@127.0.0.1:55432/sepstream"}
-    )
+    settings = Settings.from_env({"SEPSTREAM_PG_DSN": WRONG_DSN})
     log = structlog.get_logger("test.secrets")
     with pytest.raises(asyncpg.InvalidPasswordError) as caught:
         await pg_connect(settings, timeout=10)
@@ -139,7 +143,7 @@ async def test_connection_failure_logged_with_its_dsn_is_masked(
         log.exception("postgres unreachable", dsn=settings.pg_dsn, password=PG_SECRET)
     err = capsys.readouterr().err
     event = json.loads(err.strip().splitlines()[-1])
-    assert event["dsn"] == "postgresql://sepstream:***@127.0.0.1:55432/sepstream"
+    assert event["dsn"] == MASKED_DSN
     assert event["password"] == "***"
     assert "InvalidPasswordError" in event["exception"]
     _assert_clean(err)

@@ -8,7 +8,7 @@ import numpy as np
 import orjson
 import pytest
 
-from agents.validate import Validator
+from agents.validate import Validator, source_id
 from schemas.batch import MarketEventBatch, decode_batch
 from schemas.events import Kind
 from streams.settings import Settings
@@ -28,6 +28,25 @@ def _trade(**over: object) -> MarketEventBatch:
     cols.update({k: [v] for k, v in over.items()})
     doc = {"v": 1, "kind": "trade", "venue": "binance", "symbol": "BTC-USDT", "n": 1, "cols": cols}
     return decode_batch(orjson.dumps(doc))
+
+
+def _trades(
+    ids: list[int], prices: list[float] | None = None, sizes: list[float] | None = None
+) -> MarketEventBatch:
+    """BTC-USDT trades with these ids, built in process (values JSON cannot carry too)."""
+    n = len(ids)
+    return MarketEventBatch.from_columns(
+        Kind.TRADE,
+        "binance",
+        "BTC-USDT",
+        {
+            "ts_event": np.full(n, NOW - 10**9),
+            "ts_recv": np.full(n, NOW),
+            "price": np.array(prices or [1.0] * n),
+            "size": np.array(sizes or [1.0] * n),
+            "trade_id": np.array(ids),
+        },
+    )
 
 
 @pytest.mark.parametrize(
@@ -52,18 +71,7 @@ def test_trade_rules(over: dict[str, object], reason: str | None) -> None:
 
 
 def test_non_finite_values_built_in_process_are_caught() -> None:
-    b = MarketEventBatch.from_columns(
-        Kind.TRADE,
-        "binance",
-        "BTC-USDT",
-        {
-            "ts_event": [NOW] * 3,
-            "ts_recv": [NOW] * 3,
-            "price": [np.inf, 1.0, 1.0],
-            "size": [1.0, np.nan, 1.0],
-            "trade_id": [1, 2, 3],
-        },
-    )
+    b = _trades([1, 2, 3], prices=[np.inf, 1.0, 1.0], sizes=[1.0, np.nan, 1.0])
     assert Validator(Settings()).event_reasons(b, NOW) == [
         "non_finite_price",
         "non_finite_size",
@@ -79,18 +87,7 @@ def test_age_rule_only_when_configured() -> None:
 
 def test_duplicates_within_and_across_records_and_window() -> None:
     v = Validator(Settings(dedup_window=2))
-    b = MarketEventBatch.from_columns(
-        Kind.TRADE,
-        "binance",
-        "BTC-USDT",
-        {
-            "ts_event": [NOW] * 3,
-            "ts_recv": [NOW] * 3,
-            "price": [1.0, -1.0, 1.0],
-            "size": [1.0] * 3,
-            "trade_id": [5, 6, 5],
-        },
-    )
+    b = _trades([5, 6, 5], prices=[1.0, -1.0, 1.0])
     assert v.event_reasons(b, NOW) == [None, "non_positive_price", "duplicate_trade_id"]
     # the rejected id 6 was not remembered, so a valid 6 later is accepted
     again = _trade(trade_id=6)
@@ -153,16 +150,29 @@ def test_duplicates_are_per_instrument_and_out_of_order_ids_pass() -> None:
     eth.symbol = "ETH-USDT"
     assert v.event_reasons(_trade(trade_id=5), NOW) == [None]
     assert v.event_reasons(eth, NOW) == [None]  # same id, another instrument
-    b = MarketEventBatch.from_columns(
-        Kind.TRADE,
-        "binance",
-        "BTC-USDT",
-        {
-            "ts_event": [NOW] * 4,
-            "ts_recv": [NOW] * 4,
-            "price": [1.0] * 4,
-            "size": [1.0] * 4,
-            "trade_id": [9, 3, 5, 4],  # below the largest seen (9): looked up, not assumed
-        },
-    )
+    b = _trades([9, 3, 5, 4])  # below the largest seen (9): looked up, not assumed
     assert v.event_reasons(b, NOW) == [None, None, "duplicate_trade_id", None]
+
+
+# Redelivery is not duplication: a trades record read twice (a rebalance, or the commit
+# watchdog re-reading a partition after the broker stalled) must get the same answers both
+# times, or its events would be dead-lettered as duplicates of themselves and never
+# forwarded (found by the broker-pause fault test).
+
+
+def test_a_record_read_again_gets_the_same_answers() -> None:
+    v = Validator(Settings())
+    first = _trades([1, 2, 2, 3], prices=[10.0, 10.0, 10.0, -1.0])
+    want = [None, None, "duplicate_trade_id", "non_positive_price"]
+    assert v.event_reasons(first, NOW, source_id(0, 41)) == want
+    assert v.event_reasons(first, NOW, source_id(0, 41)) == want  # redelivered
+
+
+def test_the_same_ids_in_another_record_are_duplicates() -> None:
+    v = Validator(Settings())
+    assert v.event_reasons(_trades([1, 2]), NOW, source_id(0, 41)) == [None, None]
+    later = _trades([2, 3])
+    assert v.event_reasons(later, NOW, source_id(0, 42)) == ["duplicate_trade_id", None]
+    assert v.event_reasons(later, NOW, source_id(0, 42)) == ["duplicate_trade_id", None]
+    # same offset, another partition: another record
+    assert v.event_reasons(_trades([1]), NOW, source_id(1, 41)) == ["duplicate_trade_id"]
