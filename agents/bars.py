@@ -41,6 +41,7 @@ import numpy as np
 import orjson
 import structlog
 
+from agents.sinks import delivered
 from agents.validate import SOURCE_HEADER
 from kernels.bars import Bar, BarBook, Emitted, MultiBook, bars_to_columns
 from schemas.batch import CodecError, MarketEventBatch, decode_batch
@@ -169,7 +170,7 @@ def register(app: faust.App, topics: Topics, settings: Settings) -> None:
         for key, out in outgoing.items():
             for value in out.records():
                 deliveries.append(await send(key, value))
-        await asyncio.gather(*deliveries)
+        await delivered(deliveries)
         for key, value in states.items():
             table[key] = value
         for out in outgoing.values():

@@ -42,7 +42,7 @@ import orjson
 import structlog
 from prometheus_client import Counter, Histogram
 
-from agents.sinks import register_sinks, retry_forever
+from agents.sinks import delivered, register_sinks, retry_forever
 from kernels.damping import DampingResult, damp, resolve_backend
 from schemas.batch import CodecError, decode_batch
 from schemas.events import Kind
@@ -263,7 +263,7 @@ def register(app: faust.App, topics: Topics, settings: Settings) -> None:
             await topics.signals.send(key=s.key.encode(), value=s.encode(), force=True)
             for s in signals
         ]
-        await asyncio.gather(*futures)
+        await delivered(futures)
 
     @app.agent(topics.bars, name="damping")
     async def run(stream: faust.StreamT[bytes]) -> None:

@@ -27,7 +27,6 @@ hypertable and the latest-indicators hash per instrument and timeframe in Redis.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import functools
 import time
@@ -42,7 +41,7 @@ import orjson
 import structlog
 from prometheus_client import Counter, Histogram
 
-from agents.sinks import own_channel, register_sinks, retry_forever
+from agents.sinks import delivered, own_channel, register_sinks, retry_forever
 from kernels.indicators import IndicatorConfig, IndicatorState
 from schemas.batch import CodecError, decode_batch
 from schemas.events import Kind
@@ -245,7 +244,7 @@ def register(app: faust.App, topics: Topics, settings: Settings) -> None:
             await topics.indicators.send(key=r.key.encode(), value=r.encode(), force=True)
             for r in records
         ]
-        await asyncio.gather(*futures)
+        await delivered(futures)
 
     @app.agent(own_channel(app, topics.bars), name="indicators")
     async def run(stream: faust.StreamT[bytes]) -> None:

@@ -59,6 +59,22 @@ async def retry_forever[R](
             delay = min(max_backoff_s, delay * 2)
 
 
+async def delivered(deliveries: Sequence[Awaitable[Any]]) -> None:
+    """Wait for the broker's acks; raise the first failure.
+
+    Unlike `asyncio.gather`, a cancelled wait (the worker stopping mid-batch) leaves the
+    deliveries alone: the producer still flushes them on stop, and Faust's publish callback
+    would log each cancelled one as an error.
+    """
+    if not deliveries:
+        return
+    done, _ = await asyncio.wait([asyncio.ensure_future(d) for d in deliveries])
+    errors = [RuntimeError("delivery cancelled") if f.cancelled() else f.exception() for f in done]
+    first = next((e for e in errors if e is not None), None)
+    if first is not None:
+        raise first
+
+
 async def dead_letter_undecodable(topics: Topics, stage: str, ev: Any, exc: CodecError) -> None:
     msg = ev.message
     DEAD_LETTERS.labels(stage, exc.reason).inc()
