@@ -127,7 +127,7 @@ class BatchingProducer:
                 await self._producer.flush()
             if not self._pending:
                 return
-            await asyncio.gather(*list(self._pending), return_exceptions=True)
+            await asyncio.wait(list(self._pending))  # unlike gather, a cancelled flush leaves them
 
     async def _linger_loop(self) -> None:
         while True:
