@@ -74,6 +74,7 @@ from schemas.batch import MarketEventBatch
 from schemas.ddl import core_ddl
 from schemas.events import Kind
 from schemas.pgcopy import HEADER, TRAILER, encode_rows
+from streams.connections import stop_consumer
 from streams.inspect import (
     ensure_topics,
     hot_topics,
@@ -397,7 +398,7 @@ class Observer:
 
     async def __aexit__(self, *exc: object) -> None:
         if self._consumer is not None:
-            await self._consumer.stop()
+            await stop_consumer(self._consumer)
         if self._admin is not None:
             await self._admin.close()
 
@@ -802,7 +803,7 @@ async def ceiling_consume(settings: Settings, topic: str, records: int) -> float
                 seen += len(recs)
         return seen / (time.perf_counter() - started)
     finally:
-        await consumer.stop()
+        await stop_consumer(consumer)
 
 
 async def ceiling_copy(settings: Settings, events: int, seed: int, start_ns: int) -> float:

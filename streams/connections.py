@@ -7,6 +7,7 @@ or a log line could carry.
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 from typing import Any, Literal
 from urllib.parse import unquote, urlsplit
@@ -14,6 +15,7 @@ from urllib.parse import unquote, urlsplit
 import asyncpg
 import faust
 import redis.asyncio as aioredis
+from aiokafka import AIOKafkaConsumer
 from aiokafka.helpers import create_ssl_context
 from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
 from faust.types.auth import CredentialsT
@@ -170,3 +172,15 @@ def kafka_client_kwargs(settings: Settings) -> dict[str, Any]:
     """Security keyword arguments for every aiokafka client we create (producer, consumer,
     admin): Faust's own mapping of the same credentials, so both always agree."""
     return dict(credentials_to_aiokafka_auth(kafka_credentials(settings)))
+
+
+async def stop_consumer(consumer: AIOKafkaConsumer) -> None:
+    """`consumer.stop()`, made safe right after (or during) `start()`.
+
+    aiokafka's stop cancels a background task of the offsets coordinator and awaits it; if
+    that task never ran a step, the await raises CancelledError and stop() gives up before
+    closing the client, whose metadata task and connections then live on (aio-libs/aiokafka
+    #647). One pass of the event loop first lets the task start, so it ends cleanly.
+    """
+    await asyncio.sleep(0)
+    await consumer.stop()

@@ -20,7 +20,7 @@ from aiokafka.errors import TopicAlreadyExistsError
 
 from schemas.ddl import TABLES
 from streams.app import TOPIC_NAMES
-from streams.connections import kafka_client_kwargs, pg_connect, redis_client
+from streams.connections import kafka_client_kwargs, pg_connect, redis_client, stop_consumer
 from streams.settings import Settings
 
 Offsets = dict[TopicPartition, int]
@@ -31,8 +31,8 @@ async def admin_client(settings: Settings) -> AsyncIterator[AIOKafkaAdminClient]
     admin = AIOKafkaAdminClient(
         bootstrap_servers=settings.kafka_bootstrap, **kafka_client_kwargs(settings)
     )
-    await admin.start()
-    try:
+    try:  # a start that fails or is cancelled half-way still closes what it opened
+        await admin.start()
         yield admin
     finally:
         await admin.close()
@@ -45,11 +45,11 @@ async def offsets_consumer(settings: Settings) -> AsyncIterator[AIOKafkaConsumer
         enable_auto_commit=False,
         **kafka_client_kwargs(settings),
     )
-    await consumer.start()
     try:
+        await consumer.start()
         yield consumer
     finally:
-        await consumer.stop()
+        await stop_consumer(consumer)
 
 
 def hot_topics(settings: Settings) -> dict[str, str]:
@@ -105,8 +105,8 @@ async def true_end_offsets(
     On Apache Kafka both agree, so this is correct everywhere.
     """
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, **client)
-    await consumer.start()
     try:
+        await consumer.start()
         listed: Offsets = {
             tp: int(o or 0) for tp, o in (await consumer.end_offsets(list(tps))).items()
         }
@@ -124,7 +124,7 @@ async def true_end_offsets(
                     out[tp] = max(highwater, listed[tp])
         return {tp: out.get(tp, listed[tp]) for tp in tps}
     finally:
-        await consumer.stop()
+        await stop_consumer(consumer)
 
 
 async def committed_offsets(settings: Settings, group: str, topics: list[str]) -> Offsets:

@@ -30,7 +30,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from kernels.lagstatus import Observation, Status, evaluate_group, worst
 from streams import fetchwait
-from streams.connections import kafka_client_kwargs
+from streams.connections import kafka_client_kwargs, stop_consumer
 from streams.inspect import hot_topics
 from streams.metrics import GROUP_LAG_STATUS, LAG_MESSAGES, LAG_SECONDS, LAG_STATUS
 from streams.settings import Settings
@@ -158,6 +158,13 @@ class LagCollector:
         self._unrelated: dict[str, int] = {}  # group -> samples since it was last checked
 
     async def start(self) -> None:
+        try:
+            await self._start()
+        except BaseException:  # failed or cancelled half-way: close what it opened
+            await self.stop()
+            raise
+
+    async def _start(self) -> None:
         self._admin = AIOKafkaAdminClient(
             bootstrap_servers=self.settings.kafka_bootstrap, **kafka_client_kwargs(self.settings)
         )
@@ -175,7 +182,7 @@ class LagCollector:
 
     async def stop(self) -> None:
         if self._consumer is not None:
-            await self._consumer.stop()
+            await stop_consumer(self._consumer)
             self._consumer = None
         if self._admin is not None:
             await self._admin.close()

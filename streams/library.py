@@ -58,7 +58,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from kernels.damping import damp, default_library
 from schemas.ddl import check_ident, signals_ddl
 from streams.app import MODEL_TOPIC
-from streams.connections import kafka_client_kwargs
+from streams.connections import kafka_client_kwargs, stop_consumer
 from streams.inspect import ensure_compacted_topic
 from streams.settings import Settings
 
@@ -347,8 +347,8 @@ async def publish(settings: Settings, library: Library) -> None:
         max_request_size=4_194_304,
         **kafka_client_kwargs(settings),
     )
-    await producer.start()
     try:
+        await producer.start()
         await producer.send_and_wait(topic, key=MODEL_KEY, value=library.encode())
     finally:
         await producer.stop()
@@ -413,7 +413,7 @@ async def follow(
             delay = min(10.0, delay * 2)
         finally:
             if consumer is not None:
-                await consumer.stop()
+                await stop_consumer(consumer)
 
 
 async def _caught_up(

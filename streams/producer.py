@@ -72,7 +72,12 @@ class BatchingProducer:
             enable_idempotence=False,  # not offered by every broker; sinks are idempotent
             **kafka_client_kwargs(self.settings),
         )
-        await self._producer.start()
+        try:
+            await self._producer.start()
+        except BaseException:  # failed or cancelled half-way: close what it opened
+            await self._producer.stop()
+            self._producer = None
+            raise
         self._lingerer = asyncio.create_task(self._linger_loop(), name="producer-linger")
 
     async def stop(self) -> None:

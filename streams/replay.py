@@ -65,7 +65,7 @@ from schemas.ddl import check_ident
 from schemas.events import NS_PER_S
 from streams import fetchwait
 from streams.app import TOPIC_NAMES
-from streams.connections import kafka_client_kwargs, pg_connect
+from streams.connections import kafka_client_kwargs, pg_connect, stop_consumer
 from streams.inspect import (
     count_events,
     dead_letter_reasons,
@@ -218,12 +218,16 @@ class OffsetLocator:
         self.probes = 0  # records fetched to check or bisect
 
     async def __aenter__(self) -> OffsetLocator:
-        await self._consumer.start()
+        try:
+            await self._consumer.start()
+        except BaseException:  # failed or cancelled half-way: close what it opened
+            await stop_consumer(self._consumer)
+            raise
         fetchwait.adapt(self._consumer, "replay-locate")
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        await self._consumer.stop()
+        await stop_consumer(self._consumer)
 
     async def bounds(self, tps: Sequence[TopicPartition]) -> dict[TopicPartition, tuple[int, int]]:
         """(first offset, log end) per partition; the end from a fetch's high-water mark."""
@@ -349,8 +353,8 @@ async def read_merged(
         max_partition_fetch_bytes=4_194_304,
         **client,
     )
-    await consumer.start()
     try:
+        await consumer.start()
         fetchwait.adapt(consumer, "replay-read")  # history: a backlog by definition
         consumer.assign(list(todo))
         for tp, span in todo.items():
@@ -384,7 +388,7 @@ async def read_merged(
             _, _, tp = min(heads)
             yield buffers[tp].popleft()
     finally:
-        await consumer.stop()
+        await stop_consumer(consumer)
 
 
 def cut_to_range(
@@ -537,19 +541,21 @@ async def republish(
         max_request_size=4_194_304,
         **kafka_client_kwargs(target),
     )
-    await producer.start()
     failures: list[BaseException] = []
     pending: set[asyncio.Future[Any]] = set()
 
     def delivered(fut: asyncio.Future[Any]) -> None:
         pending.discard(fut)
-        if not fut.cancelled() and fut.exception() is not None:
+        if fut.cancelled():
+            failures.append(asyncio.CancelledError("delivery cancelled"))
+        elif fut.exception() is not None:
             failures.append(fut.exception())  # type: ignore[arg-type]
 
     loop = asyncio.get_running_loop()
     began_wall: float | None = None
     began_ts = 0
     try:
+        await producer.start()
         async for rec in read_merged(source.kafka_bootstrap, spans, **kafka_client_kwargs(source)):
             count = counts[rec.topic]
             count.records_read += 1
@@ -582,7 +588,7 @@ async def republish(
             count.events_replayed += events
         await producer.flush()
         if pending:
-            await asyncio.gather(*pending, return_exceptions=True)
+            await asyncio.wait(list(pending))
     finally:
         await producer.stop()
     if failures:

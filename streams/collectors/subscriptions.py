@@ -36,7 +36,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from prometheus_client import Counter as PromCounter
 
 from schemas.events import SYMBOL_RE
-from streams.connections import kafka_client_kwargs
+from streams.connections import kafka_client_kwargs, stop_consumer
 from streams.inspect import ensure_compacted_topic
 from streams.settings import Settings
 
@@ -214,7 +214,7 @@ class ControlReader:
             consumer.assign(tps)
             await consumer.seek_to_beginning(*tps)
         except BaseException:
-            await consumer.stop()
+            await stop_consumer(consumer)
             raise
         return consumer, tps, ends
 
@@ -237,7 +237,7 @@ class ControlReader:
                     raise TimeoutError(f"control topic not read to its end: {ends}")
                 await self.poll(consumer, tps)
         finally:
-            await consumer.stop()
+            await stop_consumer(consumer)
         return dict(self.decisions)
 
 
@@ -295,4 +295,4 @@ async def follow(
             delay = min(10.0, delay * 2)
         finally:
             if consumer is not None:
-                await consumer.stop()
+                await stop_consumer(consumer)
