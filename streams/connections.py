@@ -15,7 +15,8 @@ from urllib.parse import unquote, urlsplit
 import asyncpg
 import faust
 import redis.asyncio as aioredis
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.helpers import create_ssl_context
 from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
 from faust.types.auth import CredentialsT
@@ -172,6 +173,27 @@ def kafka_client_kwargs(settings: Settings) -> dict[str, Any]:
     """Security keyword arguments for every aiokafka client we create (producer, consumer,
     admin): Faust's own mapping of the same credentials, so both always agree."""
     return dict(credentials_to_aiokafka_auth(kafka_credentials(settings)))
+
+
+async def start_client(
+    client: AIOKafkaConsumer | AIOKafkaProducer | AIOKafkaAdminClient, finish_s: float = 5.0
+) -> None:
+    """`client.start()`, finished (for up to `finish_s`) even if the caller is cancelled
+    meanwhile, so that the caller's cleanup stops a started client.
+
+    Cancelled half-way through its bootstrap, aiokafka drops the bootstrap connection
+    unclosed ("Unclosed AIOKafkaConnection" at exit): a worker stopped during its start did.
+    """
+    starting = asyncio.ensure_future(client.start())
+    try:
+        await asyncio.shield(starting)
+    except asyncio.CancelledError:
+        await asyncio.wait([starting], timeout=finish_s)
+        if not starting.done():
+            starting.cancel()
+        elif not starting.cancelled():
+            starting.exception()  # the caller's cancellation is what counts
+        raise
 
 
 async def stop_consumer(consumer: AIOKafkaConsumer) -> None:

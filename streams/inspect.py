@@ -20,7 +20,13 @@ from aiokafka.errors import TopicAlreadyExistsError
 
 from schemas.ddl import TABLES
 from streams.app import TOPIC_NAMES
-from streams.connections import kafka_client_kwargs, pg_connect, redis_client, stop_consumer
+from streams.connections import (
+    kafka_client_kwargs,
+    pg_connect,
+    redis_client,
+    start_client,
+    stop_consumer,
+)
 from streams.settings import Settings
 
 Offsets = dict[TopicPartition, int]
@@ -32,7 +38,7 @@ async def admin_client(settings: Settings) -> AsyncIterator[AIOKafkaAdminClient]
         bootstrap_servers=settings.kafka_bootstrap, **kafka_client_kwargs(settings)
     )
     try:  # a start that fails or is cancelled half-way still closes what it opened
-        await admin.start()
+        await start_client(admin)
         yield admin
     finally:
         await admin.close()
@@ -46,7 +52,7 @@ async def offsets_consumer(settings: Settings) -> AsyncIterator[AIOKafkaConsumer
         **kafka_client_kwargs(settings),
     )
     try:
-        await consumer.start()
+        await start_client(consumer)
         yield consumer
     finally:
         await stop_consumer(consumer)
@@ -106,7 +112,7 @@ async def true_end_offsets(
     """
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, **client)
     try:
-        await consumer.start()
+        await start_client(consumer)
         listed: Offsets = {
             tp: int(o or 0) for tp, o in (await consumer.end_offsets(list(tps))).items()
         }

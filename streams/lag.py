@@ -30,7 +30,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from kernels.lagstatus import Observation, Status, evaluate_group, worst
 from streams import fetchwait
-from streams.connections import kafka_client_kwargs, stop_consumer
+from streams.connections import kafka_client_kwargs, start_client, stop_consumer
 from streams.inspect import hot_topics
 from streams.metrics import GROUP_LAG_STATUS, LAG_MESSAGES, LAG_SECONDS, LAG_STATUS
 from streams.settings import Settings
@@ -168,7 +168,7 @@ class LagCollector:
         self._admin = AIOKafkaAdminClient(
             bootstrap_servers=self.settings.kafka_bootstrap, **kafka_client_kwargs(self.settings)
         )
-        await self._admin.start()
+        await start_client(self._admin)
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=self.settings.kafka_bootstrap,
             enable_auto_commit=False,
@@ -177,7 +177,7 @@ class LagCollector:
             max_partition_fetch_bytes=65_536,  # only the first record matters
             **kafka_client_kwargs(self.settings),
         )
-        await self._consumer.start()
+        await start_client(self._consumer)
         fetchwait.adapt(self._consumer, "lag")  # it reads at committed offsets, behind
 
     async def stop(self) -> None:

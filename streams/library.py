@@ -58,7 +58,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from kernels.damping import damp, default_library
 from schemas.ddl import check_ident, signals_ddl
 from streams.app import MODEL_TOPIC
-from streams.connections import kafka_client_kwargs, stop_consumer
+from streams.connections import kafka_client_kwargs, start_client, stop_consumer
 from streams.inspect import ensure_compacted_topic
 from streams.settings import Settings
 
@@ -348,7 +348,7 @@ async def publish(settings: Settings, library: Library) -> None:
         **kafka_client_kwargs(settings),
     )
     try:
-        await producer.start()
+        await start_client(producer)
         await producer.send_and_wait(topic, key=MODEL_KEY, value=library.encode())
     finally:
         await producer.stop()
@@ -381,7 +381,7 @@ async def follow(
                 max_partition_fetch_bytes=4_194_304,
                 **kafka_client_kwargs(settings),
             )
-            await consumer.start()
+            await start_client(consumer)
             parts = consumer.partitions_for_topic(topic) or {0}
             tps = [TopicPartition(topic, p) for p in sorted(parts)]
             consumer.assign(tps)

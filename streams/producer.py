@@ -28,7 +28,7 @@ from aiokafka.errors import KafkaError, KafkaTimeoutError
 
 from schemas.batch import MarketEventBatch
 from schemas.events import Kind, instrument_key
-from streams.connections import kafka_client_kwargs
+from streams.connections import kafka_client_kwargs, start_client
 from streams.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -73,7 +73,7 @@ class BatchingProducer:
             **kafka_client_kwargs(self.settings),
         )
         try:
-            await self._producer.start()
+            await start_client(self._producer)
         except BaseException:  # failed or cancelled half-way: close what it opened
             await self._producer.stop()
             self._producer = None

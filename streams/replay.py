@@ -65,7 +65,7 @@ from schemas.ddl import check_ident
 from schemas.events import NS_PER_S
 from streams import fetchwait
 from streams.app import TOPIC_NAMES
-from streams.connections import kafka_client_kwargs, pg_connect, stop_consumer
+from streams.connections import kafka_client_kwargs, pg_connect, start_client, stop_consumer
 from streams.inspect import (
     count_events,
     dead_letter_reasons,
@@ -219,7 +219,7 @@ class OffsetLocator:
 
     async def __aenter__(self) -> OffsetLocator:
         try:
-            await self._consumer.start()
+            await start_client(self._consumer)
         except BaseException:  # failed or cancelled half-way: close what it opened
             await stop_consumer(self._consumer)
             raise
@@ -354,7 +354,7 @@ async def read_merged(
         **client,
     )
     try:
-        await consumer.start()
+        await start_client(consumer)
         fetchwait.adapt(consumer, "replay-read")  # history: a backlog by definition
         consumer.assign(list(todo))
         for tp, span in todo.items():
@@ -555,7 +555,7 @@ async def republish(
     began_wall: float | None = None
     began_ts = 0
     try:
-        await producer.start()
+        await start_client(producer)
         async for rec in read_merged(source.kafka_bootstrap, spans, **kafka_client_kwargs(source)):
             count = counts[rec.topic]
             count.records_read += 1

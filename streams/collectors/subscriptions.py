@@ -36,7 +36,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from prometheus_client import Counter as PromCounter
 
 from schemas.events import SYMBOL_RE
-from streams.connections import kafka_client_kwargs, stop_consumer
+from streams.connections import kafka_client_kwargs, start_client, stop_consumer
 from streams.inspect import ensure_compacted_topic
 from streams.settings import Settings
 
@@ -152,8 +152,8 @@ async def publish(
         enable_idempotence=False,
         **kafka_client_kwargs(settings),
     )
-    await producer.start()
     try:
+        await start_client(producer)
         for change in changes:
             await producer.send_and_wait(topic, key=change.key, value=change.encode())
             log.info("subscription changed", topic=topic, **change.as_dict())
@@ -203,8 +203,8 @@ class ControlReader:
             auto_offset_reset="earliest",
             **kafka_client_kwargs(self.settings),
         )
-        await consumer.start()
         try:
+            await start_client(consumer)
             await consumer.topics()  # metadata, so the partitions are known
             parts = consumer.partitions_for_topic(topic) or {0}
             tps = [TopicPartition(topic, p) for p in sorted(parts)]
