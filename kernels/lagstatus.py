@@ -19,22 +19,26 @@ Rules, first match wins:
 1. OK when the latest lag is 0: caught up. An idle partition (nothing produced, nothing to
    commit) is therefore never an alarm, however long its offsets stand still.
 2. STOPPED when the group has no members: nobody is there to consume what is behind.
-3. OK when the window is not full yet: not enough evidence (a partition just added, a
+3. OK when the lag was 0 at any sample of the window (Burrow's first rule): the consumer
+   caught up within it, and records that arrived since may simply not be committed yet
+   (commits come every commit interval; a sample can fall just after new records). A
+   consumer that dies right after catching up is flagged once that sample leaves the window.
+4. OK when the window is not full yet: not enough evidence (a partition just added, a
    monitor just started, a window just cut by a reset).
-4. Committed offset did not move over the whole window while lag > 0:
+5. Committed offset did not move over the whole window while lag > 0:
    - ERROR (Burrow's STALLED partition) when the group is alive: it has members (or its
      membership is unknown) and made progress on another partition. The partition is
      stuck while its consumer works, e.g. a record that can never be acknowledged.
    - STOPPED otherwise: the group committed nothing anywhere during the window although it
      is behind. (Some brokers, the dev broker among them, keep a closed consumer listed as
      a member, so membership alone cannot prove a consumer is alive; commits can.)
-5. WARNING when the committed offset moved but the lag shrank between no two consecutive
+6. WARNING when the committed offset moved but the lag shrank between no two consecutive
    samples and grew between more than half of them: the consumer works but does not keep
    up. One pair where the lag shrank is enough to call it OK, as in Burrow (a healthy
    consumer's lag zig-zags as it commits); requiring growth in most pairs, not just
    "never shrank", keeps a consumer whose lag merely sits at a small level (sampled at
    the same lag twice) from being flagged.
-6. OK otherwise: catching up.
+7. OK otherwise: catching up.
 """
 
 from __future__ import annotations
@@ -112,6 +116,8 @@ def evaluate_partition(
         return Verdict(Status.OK, "caught up", 0, n)
     if members == 0:
         return Verdict(Status.STOPPED, "behind and the group has no members", last.lag, n)
+    if any(o.lag == 0 for o in cut):
+        return Verdict(Status.OK, "caught up within the window", last.lag, n)
     if n < size:
         return Verdict(Status.OK, f"window not full ({n}/{size} samples)", last.lag, n)
     first = cut[0]

@@ -87,6 +87,16 @@ def test_no_members_while_behind_is_stopped_at_once() -> None:
     assert judge(obs((5, 10)), members=0, progressed=False) is Status.STOPPED
 
 
+def test_records_that_arrived_after_catching_up_are_not_a_stall() -> None:
+    # caught up, then new records just before the last sample, not committed yet
+    fresh = obs((50, 50), (50, 50), (50, 50), (50, 53))
+    assert judge(fresh, progressed=False) is Status.OK
+    assert judge(fresh, members=0, progressed=False) is Status.STOPPED
+    # still uncommitted once the caught-up sample has left the window: a stall
+    later = [Observation(float(t), 50, 53) for t in (4, 5, 6)]
+    assert judge([*fresh, *later], progressed=False) is Status.STOPPED
+
+
 def test_window_not_full_is_ok_unless_nobody_consumes() -> None:
     short = obs((5, 10), (5, 20), (5, 30))
     v = evaluate_partition(short, size=SIZE, members=1, group_progressed=False)
