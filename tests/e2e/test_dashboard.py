@@ -181,7 +181,8 @@ async def test_dashboard_lag_metrics_and_cli(settings: Settings, rds: aioredis.R
         )
         status = orjson.loads(done.stdout)
         assert done.returncode == 0, status
-        assert status["lag_groups"][settings.group_id]["status"] in ("OK", "WARNING")
+        group_lag = status["lag_groups"][settings.group_id]
+        assert group_lag["status"] in ("OK", "WARNING"), group_lag
         fresh_rows = status["freshness"]["instruments"]
         assert len(fresh_rows) == INSTRUMENTS and not any(f["stale"] for f in fresh_rows)
         quality = status["quality"]["instruments"]
