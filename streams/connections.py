@@ -175,24 +175,32 @@ def kafka_client_kwargs(settings: Settings) -> dict[str, Any]:
     return dict(credentials_to_aiokafka_auth(kafka_credentials(settings)))
 
 
-async def start_client(
-    client: AIOKafkaConsumer | AIOKafkaProducer | AIOKafkaAdminClient, finish_s: float = 5.0
-) -> None:
-    """`client.start()`, finished (for up to `finish_s`) even if the caller is cancelled
-    meanwhile, so that the caller's cleanup stops a started client.
+type KafkaClient = AIOKafkaConsumer | AIOKafkaProducer | AIOKafkaAdminClient
 
-    Cancelled half-way through its bootstrap, aiokafka drops the bootstrap connection
-    unclosed ("Unclosed AIOKafkaConnection" at exit): a worker stopped during its start did.
+
+async def start_client(client: KafkaClient, finish_s: float = 5.0) -> None:
+    """`client.start()`; a start that fails, or whose caller is cancelled, closes the client
+    before raising, so callers need no cleanup of their own for the start.
+
+    A cancelled caller first lets the start finish (for up to `finish_s`): cancelled
+    half-way through its bootstrap, aiokafka drops the bootstrap connection unclosed
+    ("Unclosed AIOKafkaConnection" at exit), which a worker stopped during its start did.
     """
     starting = asyncio.ensure_future(client.start())
     try:
         await asyncio.shield(starting)
-    except asyncio.CancelledError:
-        await asyncio.wait([starting], timeout=finish_s)
+    except BaseException:
         if not starting.done():
-            starting.cancel()
-        elif not starting.cancelled():
-            starting.exception()  # the caller's cancellation is what counts
+            await asyncio.wait([starting], timeout=finish_s)
+            starting.cancel()  # a no-op once it finished
+        if starting.done() and not starting.cancelled():
+            starting.exception()  # retrieved: what the caller gets is what counts
+        if isinstance(client, AIOKafkaConsumer):
+            await stop_consumer(client)
+        elif isinstance(client, AIOKafkaProducer):
+            await client.stop()
+        else:
+            await client.close()
         raise
 
 

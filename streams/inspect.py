@@ -37,8 +37,8 @@ async def admin_client(settings: Settings) -> AsyncIterator[AIOKafkaAdminClient]
     admin = AIOKafkaAdminClient(
         bootstrap_servers=settings.kafka_bootstrap, **kafka_client_kwargs(settings)
     )
-    try:  # a start that fails or is cancelled half-way still closes what it opened
-        await start_client(admin)
+    await start_client(admin)
+    try:
         yield admin
     finally:
         await admin.close()
@@ -51,8 +51,8 @@ async def offsets_consumer(settings: Settings) -> AsyncIterator[AIOKafkaConsumer
         enable_auto_commit=False,
         **kafka_client_kwargs(settings),
     )
+    await start_client(consumer)
     try:
-        await start_client(consumer)
         yield consumer
     finally:
         await stop_consumer(consumer)

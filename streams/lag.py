@@ -160,7 +160,7 @@ class LagCollector:
     async def start(self) -> None:
         try:
             await self._start()
-        except BaseException:  # failed or cancelled half-way: close what it opened
+        except BaseException:  # the admin started, the consumer did not: close the admin
             await self.stop()
             raise
 

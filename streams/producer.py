@@ -63,7 +63,7 @@ class BatchingProducer:
         self.send_errors = 0  # records given up (non-retriable errors only)
 
     async def start(self) -> None:
-        self._producer = AIOKafkaProducer(
+        producer = AIOKafkaProducer(
             bootstrap_servers=self.settings.kafka_bootstrap,
             linger_ms=5,
             max_batch_size=1_048_576,
@@ -72,12 +72,8 @@ class BatchingProducer:
             enable_idempotence=False,  # not offered by every broker; sinks are idempotent
             **kafka_client_kwargs(self.settings),
         )
-        try:
-            await start_client(self._producer)
-        except BaseException:  # failed or cancelled half-way: close what it opened
-            await self._producer.stop()
-            self._producer = None
-            raise
+        await start_client(producer)
+        self._producer = producer
         self._lingerer = asyncio.create_task(self._linger_loop(), name="producer-linger")
 
     async def stop(self) -> None:

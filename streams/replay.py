@@ -218,11 +218,7 @@ class OffsetLocator:
         self.probes = 0  # records fetched to check or bisect
 
     async def __aenter__(self) -> OffsetLocator:
-        try:
-            await start_client(self._consumer)
-        except BaseException:  # failed or cancelled half-way: close what it opened
-            await stop_consumer(self._consumer)
-            raise
+        await start_client(self._consumer)
         fetchwait.adapt(self._consumer, "replay-locate")
         return self
 
