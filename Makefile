@@ -17,7 +17,8 @@ lint: $(STAMP)                   ## ruff, mypy, shell and compose checks
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy .
 	bash -n deploy/dev.sh deploy/python.sh .ci/run
-	SEPSTREAM_PG_PASSWORD=compose-check docker-compose -f docker-compose.yml config -q
+	SEPSTREAM_PG_PASSWORD=compose-check SEPSTREAM_PG_WRITER_PASSWORD=compose-check \
+	  SEPSTREAM_PG_READER_PASSWORD=compose-check docker-compose -f docker-compose.yml config -q
 
 services: $(STAMP)               ## Kafka API (Tansu), PostgreSQL+TimescaleDB, Redis
 	bash deploy/dev.sh up

@@ -22,7 +22,7 @@ table value as the 1m state, so they are exactly as restart-safe.
 Bar records from OHLCV sources are already closed bars and pass straight through. Ticks
 too late to correct their bar (beyond the correction horizon) are dead-lettered.
 An idle timer closes the bars of instruments that went quiet; it and the agent take turns
-(`busy`), so neither saves a state that drops bars the other is still delivering.
+(the stage's lock), so neither saves a state that drops bars the other is still delivering.
 Each touched instrument's forming 1m bars go to Redis after every batch (FormingBarWriter,
 coalesced and off the agent's path): forming bars update Redis, closed bars are final and
 reach TimescaleDB and Redis through md.bars.v1.
@@ -30,9 +30,9 @@ reach TimescaleDB and Redis through md.bars.v1.
 
 from __future__ import annotations
 
-import asyncio
+import functools
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -41,7 +41,7 @@ import numpy as np
 import orjson
 import structlog
 
-from agents.sinks import delivered
+from agents.stage import Output, Stage
 from agents.validate import SOURCE_HEADER
 from kernels.bars import Bar, BarBook, Emitted, MultiBook, bars_to_columns
 from schemas.batch import CodecError, MarketEventBatch, decode_batch
@@ -111,10 +111,148 @@ class Outgoing:
         BARS_CORRECTED.inc(sum(map(len, self.bars.values())) - sum(self.closed.values()))
 
 
+class Bars:
+    """The stage's logic on the shared runner (agents.stage): books per instrument, loaded
+    from the table (or this take's staged state) when first needed."""
+
+    def __init__(
+        self, stage: Stage, topics: Topics, settings: Settings, forming: FormingBarWriter
+    ) -> None:
+        self.stage = stage
+        self.topics = topics
+        self.forming = forming
+        self.period_ns = TIMEFRAMES[TIMEFRAME] * NS_PER_S
+        self.grace_ns = settings.bar_grace_ms * 1_000_000
+        self.horizon = settings.bar_correction_horizon_min
+        self.keep_ns = self.horizon * 60 * NS_PER_S
+        self.books: dict[bytes, MultiBook] = {}
+        self.partition_of: dict[bytes, Any] = {}  # instrument → its md.events.v1 partition
+        self.last_read: dict[Any, int] = {}  # partition → offset of the last record read here
+        # instrument → (partition, offset) in md.trades.v1 of the last record applied
+        self.applied: dict[bytes, tuple[int, int]] = {}
+
+    def reset(self) -> None:
+        self.books.clear()
+        self.applied.clear()
+
+    def forget(self) -> None:
+        """Partitions revoked: another worker may own these instruments now."""
+        self.reset()
+        self.partition_of.clear()
+        self.last_read.clear()
+
+    def book_for(self, key: bytes) -> MultiBook:
+        book = self.books.get(key)
+        if book is None:
+            stored = self.stage.stored(key)
+            if stored is None:
+                base = BarBook(
+                    period_ns=self.period_ns, grace_ns=self.grace_ns, horizon=self.horizon
+                )
+                book = MultiBook.new(base, TIMEFRAME, HIGHER, keep_ns=self.keep_ns)
+            else:
+                state = orjson.loads(stored)
+                base = BarBook.from_state(
+                    state,
+                    period_ns=self.period_ns,
+                    grace_ns=self.grace_ns,
+                    horizon=self.horizon,
+                    wall_ns=time.time_ns(),
+                )
+                book = MultiBook.from_state(
+                    state, base=base, base_tf=TIMEFRAME, periods_ns=HIGHER, keep_ns=self.keep_ns
+                )
+                if state.get("src"):
+                    self.applied[key] = (int(state["src"][0]), int(state["src"][1]))
+            self.books[key] = book
+        return book
+
+    def compute(self, events: Sequence[Any], out: Output) -> None:
+        """Apply the take's records in order (closing due bars after each), emit once."""
+        outgoing: dict[bytes, Outgoing] = {}
+        for event in events:
+            self._record(event, outgoing, out)
+        self.emit(outgoing, out)
+
+    def _record(self, event: Any, outgoing: dict[bytes, Outgoing], out: Output) -> None:
+        msg = event.message
+        self.last_read[msg.tp] = msg.offset
+        try:
+            batch = decode_batch(event.value)
+        except CodecError:
+            return  # the sinks dead-letter undecodable records of this topic
+        key = batch.key.encode()
+        if batch.kind is Kind.BAR:
+            out.send(self.topics.bars, key, event.value)  # closed bars from OHLCV sources
+            return
+        if batch.kind not in (Kind.TRADE, Kind.GAP):
+            return
+        book = self.book_for(key)
+        self.partition_of[key] = msg.tp
+        src = _source(event.headers)
+        if src is not None:
+            last = self.applied.get(key)
+            if last is not None and last[0] == src[0] and src[1] <= last[1]:
+                return  # applied before (redelivery): its effect is in the state
+            self.applied[key] = src
+        held = outgoing.get(key)
+        if held is None:
+            held = outgoing[key] = Outgoing(book, batch.venue, batch.symbol)
+        if batch.kind is Kind.TRADE:
+            fixed, uncorrectable = book.add_trades(
+                batch.cols["ts_event"], batch.cols["price"], batch.cols["size"], time.time_ns()
+            )
+            held.add(fixed)
+            if uncorrectable:
+                DEAD_LETTERS.labels(STAGE, "late_beyond_horizon").inc(uncorrectable)
+                letter = dead_letter(
+                    stage=STAGE,
+                    reason="late_beyond_horizon",
+                    detail=f"{uncorrectable} ticks older than the correction horizon",
+                    source=(msg.topic, msg.partition, msg.offset),
+                    key=key,
+                )
+                out.send(self.topics.dlq, key, letter)
+        else:
+            for ts in batch.cols["ts_event"].tolist():
+                held.add(book.mark_gap(ts))
+        # Closed after every record, as if records came one by one: whether a later
+        # tick corrects a bar (or is beyond the horizon) must not depend on how the
+        # records were grouped into takes. Event time only: more input may be queued.
+        held.add(book.close_due(None), closed=True)
+
+    def emit(self, outgoing: dict[bytes, Outgoing], out: Output) -> None:
+        """The bars to send, the states to save after them, the forming bars for Redis."""
+        for key, held in outgoing.items():
+            out.states[key] = orjson.dumps({**held.book.to_state(), "src": self.applied.get(key)})
+            for value in held.records():
+                out.send(self.topics.bars, key, value)
+            out.after.append(functools.partial(self._after, held))
+
+    def _after(self, held: Outgoing) -> None:
+        self.forming.update(held.venue, held.symbol, held.book.base.forming.values())
+        held.count()
+
+    def idle(self, key: bytes, app: faust.App) -> bool:
+        """No input waiting in this instrument's partition: its quiet is real, not lag."""
+        tp = self.partition_of.get(key)
+        if tp is None:
+            return False
+        highwater = app.consumer.highwater(tp)
+        return highwater is not None and self.last_read[tp] + 1 >= highwater
+
+    def close_quiet(self, app: faust.App, key: bytes, book: MultiBook) -> Output:
+        out = Output()
+        closed = book.close_due(time.time_ns() if self.idle(key, app) else None)
+        if closed:
+            venue, _, symbol = key.decode().partition(":")
+            held = Outgoing(book, venue, symbol)
+            held.add(closed, closed=True)
+            self.emit({key: held}, out)
+        return out
+
+
 def register(app: faust.App, topics: Topics, settings: Settings) -> None:
-    period_ns = TIMEFRAMES[TIMEFRAME] * NS_PER_S
-    grace_ns = settings.bar_grace_ms * 1_000_000
-    horizon = settings.bar_correction_horizon_min
     table = app.Table(
         "bar-state",
         default=None,
@@ -123,150 +261,37 @@ def register(app: faust.App, topics: Topics, settings: Settings) -> None:
         partitions=settings.partitions,
         use_partitioner=True,  # the timer writes too, outside any input event
     )
-    keep_ns = horizon * 60 * NS_PER_S
+    stage = Stage(
+        app,
+        settings,
+        name=STAGE,
+        channel=topics.events,
+        dlq=topics.dlq,
+        max_records=settings.bars_max_records,
+        linger_s=settings.bars_linger_ms / 1000,
+        table=table,
+    )
     forming = FormingBarWriter(settings)
-    busy = asyncio.Lock()  # close → emit → save is one step for the agent and the timer
-    books: dict[bytes, MultiBook] = {}
-    partition_of: dict[bytes, Any] = {}  # instrument → its md.events.v1 partition
-    last_read: dict[Any, int] = {}  # partition → offset of the last record read here
-    # instrument → (partition, offset) in md.trades.v1 of the last record applied
-    applied: dict[bytes, tuple[int, int]] = {}
-
-    def book_for(key: bytes) -> MultiBook:
-        book = books.get(key)
-        if book is None:
-            stored: bytes | None = table.get(key)
-            if stored is None:
-                base = BarBook(period_ns=period_ns, grace_ns=grace_ns, horizon=horizon)
-                book = MultiBook.new(base, TIMEFRAME, HIGHER, keep_ns=keep_ns)
-            else:
-                state = orjson.loads(stored)
-                base = BarBook.from_state(
-                    state,
-                    period_ns=period_ns,
-                    grace_ns=grace_ns,
-                    horizon=horizon,
-                    wall_ns=time.time_ns(),
-                )
-                book = MultiBook.from_state(
-                    state, base=base, base_tf=TIMEFRAME, periods_ns=HIGHER, keep_ns=keep_ns
-                )
-                if state.get("src"):
-                    applied[key] = (int(state["src"][0]), int(state["src"][1]))
-            books[key] = book
-        return book
-
-    async def send(key: bytes, value: bytes) -> Awaitable[Any]:
-        """Send now (forced: not held until the input is acked); returns the delivery."""
-        return await topics.bars.send(key=key, value=value, force=True)
-
-    async def publish(outgoing: dict[bytes, Outgoing], deliveries: list[Awaitable[Any]]) -> None:
-        """Send the bars, wait for every delivery, then save the states (module doc)."""
-        # Encoded now: a rebalance during the awaits below clears `applied`.
-        states = {
-            key: orjson.dumps({**out.book.to_state(), "src": applied.get(key)})
-            for key, out in outgoing.items()
-        }
-        for key, out in outgoing.items():
-            for value in out.records():
-                deliveries.append(await send(key, value))
-        await delivered(deliveries)
-        for key, value in states.items():
-            table[key] = value
-        for out in outgoing.values():
-            forming.update(out.venue, out.symbol, out.book.base.forming.values())
-            out.count()
-
-    async def apply(events: Sequence[Any]) -> None:
-        """One batch: apply its records in order (closing due bars after each), publish once."""
-        outgoing: dict[bytes, Outgoing] = {}
-        deliveries: list[Awaitable[Any]] = []
-        for event in events:
-            msg = event.message
-            last_read[msg.tp] = msg.offset
-            try:
-                batch = decode_batch(event.value)
-            except CodecError:
-                continue  # the sinks dead-letter undecodable records of this topic
-            key = batch.key.encode()
-            if batch.kind is Kind.BAR:
-                deliveries.append(await send(key, event.value))
-                continue
-            if batch.kind not in (Kind.TRADE, Kind.GAP):
-                continue
-            book = book_for(key)
-            partition_of[key] = msg.tp
-            src = _source(event.headers)
-            if src is not None:
-                last = applied.get(key)
-                if last is not None and last[0] == src[0] and src[1] <= last[1]:
-                    continue  # applied before (redelivery): its effect is in the state
-                applied[key] = src
-            out = outgoing.get(key)
-            if out is None:
-                out = outgoing[key] = Outgoing(book, batch.venue, batch.symbol)
-            if batch.kind is Kind.TRADE:
-                fixed, uncorrectable = book.add_trades(
-                    batch.cols["ts_event"], batch.cols["price"], batch.cols["size"], time.time_ns()
-                )
-                out.add(fixed)
-                if uncorrectable:
-                    DEAD_LETTERS.labels(STAGE, "late_beyond_horizon").inc(uncorrectable)
-                    letter = dead_letter(
-                        stage=STAGE,
-                        reason="late_beyond_horizon",
-                        detail=f"{uncorrectable} ticks older than the correction horizon",
-                        source=(msg.topic, msg.partition, msg.offset),
-                        key=key,
-                    )
-                    deliveries.append(await topics.dlq.send(key=key, value=letter, force=True))
-            else:
-                for ts in batch.cols["ts_event"].tolist():
-                    out.add(book.mark_gap(ts))
-            # Closed after every record, as if records came one by one: whether a later
-            # tick corrects a bar (or is beyond the horizon) must not depend on how the
-            # records were grouped into takes. Event time only: more input may be queued.
-            out.add(book.close_due(None), closed=True)
-        await publish(outgoing, deliveries)
-
-    @app.agent(topics.events, name="bars")
-    async def build(stream: faust.StreamT[bytes]) -> None:
-        # noack_take is on faust.Stream; the StreamT protocol does not declare it
-        async for events in stream.noack_take(  # type: ignore[attr-defined]
-            settings.bars_max_records, within=settings.bars_linger_ms / 1000
-        ):
-            async with busy:
-                await apply(events)
-            for event in events:
-                await stream.ack(event)
-
-    def idle(key: bytes) -> bool:
-        """No input waiting in this instrument's partition: its quiet is real, not lag."""
-        tp = partition_of.get(key)
-        if tp is None:
-            return False
-        highwater = app.consumer.highwater(tp)
-        return highwater is not None and last_read[tp] + 1 >= highwater
+    logic = Bars(stage, topics, settings, forming)
+    stage.run(logic)
 
     @app.timer(1.0, name="bars-close-idle")
     async def close_idle() -> None:
         """Close bars of instruments that went quiet (their watermark advances with time)."""
-        for key, book in list(books.items()):
-            async with busy:
-                closed = book.close_due(time.time_ns() if idle(key) else None)
-                if closed:
-                    venue, _, symbol = key.decode().partition(":")
-                    out = Outgoing(book, venue, symbol)
-                    out.add(closed, closed=True)
-                    await publish({key: out}, [])
+        for key, book in list(logic.books.items()):
+            async with stage.lock:  # close → emit → save is one step with the agent's takes
+                try:
+                    out = logic.close_quiet(app, key, book)
+                except Exception:  # must not stop the timer, nor the worker
+                    log.exception("closing idle bars failed", key=key.decode("utf-8", "replace"))
+                    logic.reset()
+                    continue
+                await stage.publish(out)
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]  # mode types receivers oddly
     async def forget(sender: Any, *args: Any, signal: Any = None, **kwargs: Any) -> None:
         """Another worker may own these instruments now; reload from the table when needed."""
-        books.clear()
-        applied.clear()
-        partition_of.clear()
-        last_read.clear()
+        logic.forget()
 
     @app.on_before_shutdown.connect  # type: ignore[arg-type]  # mode types receivers oddly
     async def close(sender: Any, *args: Any, signal: Any = None, **kwargs: Any) -> None:

@@ -7,10 +7,10 @@ update completes or changes becomes one pending window. Pending windows of all i
 are damped together, one `damp()` call on an (N, W) array per micro-batch (up to
 `damping_max_batch` records or `damping_max_wait_ms`), and each becomes one `Signal`.
 
-Order per micro-batch: damp → publish the signals and wait for the broker → save the
-state → ack the records. A crash before the state is saved re-applies the redelivered
-records and recomputes the same signals (the sinks upsert); a crash after it skips them
-(the state remembers the last md.bars.v1 offset applied per instrument).
+Order per micro-batch (the shared runner, agents.stage): damp → publish the signals and wait
+for the broker → save the state → ack the records. A crash before the state is saved
+re-applies the redelivered records and recomputes the same signals (the sinks upsert); a crash
+after it skips them (the state remembers the last md.bars.v1 offset applied per instrument).
 
 Bars: a bar for a new minute appends; a bar for a minute already held (a correction, flag
 CORRECTED, or a re-emission) replaces that minute's close, and every held window that
@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-import functools
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -42,7 +41,8 @@ import orjson
 import structlog
 from prometheus_client import Counter, Histogram
 
-from agents.sinks import delivered, register_sinks, retry_forever
+from agents.sinks import register_sinks
+from agents.stage import Output, Stage
 from kernels.damping import DampingResult, damp, resolve_backend
 from schemas.batch import CodecError, decode_batch
 from schemas.events import Kind
@@ -195,6 +195,92 @@ class LibraryHolder:
             self.ready.set()
 
 
+class Damping:
+    """The stage's logic on the shared runner (agents.stage): per instrument its held
+    series, loaded from the table (or this take's staged state) when first needed."""
+
+    def __init__(
+        self,
+        stage: Stage,
+        topics: Topics,
+        settings: Settings,
+        library: LibraryHolder,
+        backend: str,
+    ) -> None:
+        self.stage = stage
+        self.topics = topics
+        self.settings = settings
+        self.library = library
+        self.backend = backend
+        self.window = settings.damping_window
+        self.states: dict[bytes, InstrumentState] = {}
+
+    def reset(self) -> None:
+        self.states.clear()
+
+    def state_for(self, key: bytes) -> InstrumentState:
+        state = self.states.get(key)
+        if state is None:
+            stored = self.stage.stored(key)
+            state = InstrumentState() if stored is None else InstrumentState.decode(stored)
+            self.states[key] = state
+        return state
+
+    def apply(
+        self, ev: Any, pending: dict[tuple[bytes, str, int], Window]
+    ) -> tuple[bytes, InstrumentState] | None:
+        """Fold one bar record into its instrument's state; returns it if it changed."""
+        try:
+            batch = decode_batch(ev.value)
+        except CodecError:
+            return None  # the timescale sink dead-letters undecodable md.bars.v1 records
+        if batch.kind is not Kind.BAR or not batch.timeframe:
+            return None
+        key = batch.key.encode()
+        state = self.state_for(key)
+        msg = ev.message
+        if state.src is not None and state.src[0] == msg.partition and msg.offset <= state.src[1]:
+            return None  # applied before this worker restarted (redelivery)
+        state.src = (msg.partition, msg.offset)
+        tf = batch.timeframe
+        series = state.series.setdefault(tf, Series())
+        order = np.argsort(batch.cols["ts_event"], kind="stable")
+        for ts, close in zip(
+            batch.cols["ts_event"][order].tolist(), batch.cols["close"][order].tolist(), strict=True
+        ):
+            for end in series.apply(int(ts), float(close), self.window):
+                at = series.ts[end]
+                pending[(key, tf, at)] = Window(
+                    batch.venue, batch.symbol, tf, at, series.window_at(end, self.window)
+                )
+        return key, state
+
+    def compute(self, events: Sequence[Any], out: Output) -> None:
+        """Fold the take's bars in, damp every window they complete in one call."""
+        pending: dict[tuple[bytes, str, int], Window] = {}
+        changed = dict(c for ev in events if (c := self.apply(ev, pending)) is not None)
+        if pending:
+            lib = self.library.current  # one library per micro-batch
+            windows = [pending[k] for k in sorted(pending)]
+            closes = np.array([w.closes for w in windows], dtype=np.float64)
+            started = time.perf_counter()
+            result = damp(
+                closes,
+                lib.paths,
+                backend=self.backend,
+                dtype=self.settings.damping_dtype,
+                library_version=lib.version,
+            )
+            KERNEL_SECONDS.labels("damping", result.backend).observe(time.perf_counter() - started)
+            DAMP_ROWS.observe(len(windows))
+            signals = to_signals(windows, result, self.window)
+            for signal in signals:
+                out.send(self.topics.signals, signal.key.encode(), signal.encode())
+            out.after.append(lambda: SIGNALS.labels(lib.version).inc(len(signals)))
+        for key, state in changed.items():
+            out.states[key] = state.encode()
+
+
 # --------------------------------------------------------------------------- the agents
 
 
@@ -218,85 +304,18 @@ def register(app: faust.App, topics: Topics, settings: Settings) -> None:
         partitions=settings.partitions,
         use_partitioner=True,  # keyed like md.bars.v1 (venue:symbol): same partitions
     )
-    states: dict[bytes, InstrumentState] = {}
-
-    def state_for(key: bytes) -> InstrumentState:
-        state = states.get(key)
-        if state is None:
-            stored: bytes | None = table.get(key)
-            state = InstrumentState() if stored is None else InstrumentState.decode(stored)
-            states[key] = state
-        return state
-
-    def apply(
-        ev: Any, pending: dict[tuple[bytes, str, int], Window]
-    ) -> tuple[bytes, InstrumentState] | None:
-        """Fold one bar record into its instrument's state; returns it if it changed."""
-        try:
-            batch = decode_batch(ev.value)
-        except CodecError:
-            return None  # the timescale sink dead-letters undecodable md.bars.v1 records
-        if batch.kind is not Kind.BAR or not batch.timeframe:
-            return None
-        key = batch.key.encode()
-        state = state_for(key)
-        msg = ev.message
-        if state.src is not None and state.src[0] == msg.partition and msg.offset <= state.src[1]:
-            return None  # applied before this worker restarted (redelivery)
-        state.src = (msg.partition, msg.offset)
-        tf = batch.timeframe
-        series = state.series.setdefault(tf, Series())
-        order = np.argsort(batch.cols["ts_event"], kind="stable")
-        for ts, close in zip(
-            batch.cols["ts_event"][order].tolist(), batch.cols["close"][order].tolist(), strict=True
-        ):
-            for end in series.apply(int(ts), float(close), window):
-                at = series.ts[end]
-                pending[(key, tf, at)] = Window(
-                    batch.venue, batch.symbol, tf, at, series.window_at(end, window)
-                )
-        return key, state
-
-    async def publish(signals: Sequence[Signal]) -> None:
-        # Delivered before the state is saved and the input acked (see the module doc).
-        futures = [
-            await topics.signals.send(key=s.key.encode(), value=s.encode(), force=True)
-            for s in signals
-        ]
-        await delivered(futures)
-
-    @app.agent(topics.bars, name="damping")
-    async def run(stream: faust.StreamT[bytes]) -> None:
-        async for events in stream.noack_take(  # type: ignore[attr-defined]
-            settings.damping_max_batch, within=settings.damping_max_wait_ms / 1000
-        ):
-            pending: dict[tuple[bytes, str, int], Window] = {}
-            # States by reference: a rebalance during the awaits below clears `states`.
-            changed = dict(c for ev in events if (c := apply(ev, pending)) is not None)
-            if pending:
-                await library.wait_ready(settings.library_wait_s)
-                lib = library.current  # one library per micro-batch
-                windows = [pending[k] for k in sorted(pending)]
-                closes = np.array([w.closes for w in windows], dtype=np.float64)
-                started = time.perf_counter()
-                result = damp(
-                    closes,
-                    lib.paths,
-                    backend=backend,
-                    dtype=settings.damping_dtype,
-                    library_version=lib.version,
-                )
-                KERNEL_SECONDS.labels("damping", result.backend).observe(
-                    time.perf_counter() - started
-                )
-                DAMP_ROWS.observe(len(windows))
-                signals = to_signals(windows, result, window)
-                await retry_forever("signals-publish", functools.partial(publish, signals), 5.0)
-                SIGNALS.labels(lib.version).inc(len(signals))
-            for key, state in changed.items():
-                table[key] = state.encode()
-            for ev in events:
-                await stream.ack(ev)
+    stage = Stage(
+        app,
+        settings,
+        name=STAGE,
+        channel=topics.bars,
+        dlq=topics.dlq,
+        max_records=settings.damping_max_batch,
+        linger_s=settings.damping_max_wait_ms / 1000,
+        table=table,
+    )
+    logic = Damping(stage, topics, settings, library, backend)
+    stage.run(logic, ready=lambda: library.wait_ready(settings.library_wait_s))
 
     @app.task
     async def follow_model() -> None:
@@ -305,7 +324,7 @@ def register(app: faust.App, topics: Topics, settings: Settings) -> None:
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]  # mode types receivers oddly
     async def forget(sender: Any, *args: Any, signal: Any = None, **kwargs: Any) -> None:
         """Another worker may own these instruments now; reload from the table when needed."""
-        states.clear()
+        logic.reset()
 
     register_sinks(
         app,

@@ -12,14 +12,14 @@ is the input partition) a changelog-backed table value holding, per timeframe, t
 (partition, offset) in md.bars.v1 of the last record applied. A restarted worker loads it
 and produces exactly the values an uninterrupted one would have.
 
-Order per micro-batch: compute → publish the records and wait for the broker → save the
-state → ack. A crash before the save re-applies the redelivered records from the old state
-and publishes the same values again (the sinks upsert); a crash after it skips them (the
-offset check). A bar whose open time is not after the last one applied for its
-instrument and timeframe is not folded in: a re-emitted bar (the bars stage re-closing
-after its own restart) is a repeat, and a corrected bar cannot be re-applied to an
-incremental state — indicators keep the values of the bar as first closed (§6: a closed bar
-is final), and the skip is counted.
+Order per micro-batch (the shared runner, agents.stage): compute → publish the records and
+wait for the broker → save the state → ack. A crash before the save re-applies the
+redelivered records from the old state and publishes the same values again (the sinks
+upsert); a crash after it skips them (the offset check). A bar whose open time is not after
+the last one applied for its instrument and timeframe is not folded in: a re-emitted bar
+(the bars stage re-closing after its own restart) is a repeat, and a corrected bar cannot be
+re-applied to an incremental state — indicators keep the values of the bar as first closed
+(§6: a closed bar is final), and the skip is counted.
 
 The sinks read md.indicators.v1 with `agents.sinks.register_sink`: the `indicators`
 hypertable and the latest-indicators hash per instrument and timeframe in Redis.
@@ -28,7 +28,6 @@ hypertable and the latest-indicators hash per instrument and timeframe in Redis.
 from __future__ import annotations
 
 import base64
-import functools
 import time
 from collections import defaultdict
 from collections.abc import Sequence
@@ -41,7 +40,8 @@ import orjson
 import structlog
 from prometheus_client import Counter, Histogram
 
-from agents.sinks import delivered, own_channel, register_sinks, retry_forever
+from agents.sinks import own_channel, register_sinks
+from agents.stage import Output, Stage
 from kernels.indicators import IndicatorConfig, IndicatorState
 from schemas.batch import CodecError, decode_batch
 from schemas.events import Kind
@@ -196,18 +196,19 @@ class Books:
         return out
 
 
-def register(app: faust.App, topics: Topics, settings: Settings) -> None:
-    table = app.Table(
-        "indicator-state",
-        default=None,
-        key_type=bytes,
-        value_type=bytes,
-        partitions=settings.partitions,
-        use_partitioner=True,  # keyed like md.bars.v1 (venue:symbol): same partitions
-    )
-    books = Books()
+class Indicators:
+    """The stage's logic on the shared runner (agents.stage): the books, loaded from the
+    table (or this take's staged state) when an instrument is first seen."""
 
-    def pending(ev: Any) -> tuple[bytes, list[PendingBar]] | None:
+    def __init__(self, stage: Stage, topics: Topics) -> None:
+        self.stage = stage
+        self.topics = topics
+        self.books = Books()
+
+    def reset(self) -> None:
+        self.books = Books()
+
+    def pending(self, ev: Any) -> tuple[bytes, list[PendingBar]] | None:
         """The bars of one record not applied before, with its instrument key."""
         try:
             batch = decode_batch(ev.value)
@@ -216,7 +217,7 @@ def register(app: faust.App, topics: Topics, settings: Settings) -> None:
         if batch.kind is not Kind.BAR or not batch.timeframe:
             return None
         key = batch.key.encode()
-        held = books.load(key, table.get(key))
+        held = self.books.load(key, self.stage.stored(key))
         msg = ev.message
         if held.src is not None and held.src[0] == msg.partition and msg.offset <= held.src[1]:
             return None  # applied before this worker restarted (redelivery)
@@ -238,41 +239,46 @@ def register(app: faust.App, topics: Topics, settings: Settings) -> None:
             for ts, o, h, lo, cl, v, f in rows
         ]
 
-    async def publish(records: Sequence[IndicatorRecord]) -> None:
-        # Delivered before the state is saved and the input acked (see the module doc).
-        futures = [
-            await topics.indicators.send(key=r.key.encode(), value=r.encode(), force=True)
-            for r in records
-        ]
-        await delivered(futures)
+    def compute(self, events: Sequence[Any], out: Output) -> None:
+        bars: list[PendingBar] = []
+        touched: set[bytes] = set()
+        for ev in events:
+            got = self.pending(ev)
+            if got is not None:
+                touched.add(got[0])
+                bars.extend(got[1])
+        for record in self.books.apply(bars):
+            out.send(self.topics.indicators, record.key.encode(), record.encode())
+        for key in touched:
+            out.states[key] = self.books.encode(key)
 
-    @app.agent(own_channel(app, topics.bars), name="indicators")
-    async def run(stream: faust.StreamT[bytes]) -> None:
-        async for events in stream.noack_take(  # type: ignore[attr-defined]
-            settings.indicators_max_batch, within=settings.indicators_max_wait_ms / 1000
-        ):
-            bars: list[PendingBar] = []
-            touched: set[bytes] = set()
-            for ev in events:
-                got = pending(ev)
-                if got is not None:
-                    touched.add(got[0])
-                    bars.extend(got[1])
-            records = books.apply(bars)
-            # Encoded now: a rebalance during the awaits below clears the books.
-            encoded = {key: books.encode(key) for key in touched}
-            if records:
-                await retry_forever("indicators-publish", functools.partial(publish, records), 5.0)
-            for key, value in encoded.items():
-                table[key] = value
-            for ev in events:
-                await stream.ack(ev)
+
+def register(app: faust.App, topics: Topics, settings: Settings) -> None:
+    table = app.Table(
+        "indicator-state",
+        default=None,
+        key_type=bytes,
+        value_type=bytes,
+        partitions=settings.partitions,
+        use_partitioner=True,  # keyed like md.bars.v1 (venue:symbol): same partitions
+    )
+    stage = Stage(
+        app,
+        settings,
+        name=STAGE,
+        channel=own_channel(app, topics.bars),
+        dlq=topics.dlq,
+        max_records=settings.indicators_max_batch,
+        linger_s=settings.indicators_max_wait_ms / 1000,
+        table=table,
+    )
+    logic = Indicators(stage, topics)
+    stage.run(logic)
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]  # mode types receivers oddly
     async def forget(sender: Any, *args: Any, signal: Any = None, **kwargs: Any) -> None:
         """Another worker may own these instruments now; reload from the table when needed."""
-        nonlocal books
-        books = Books()
+        logic.reset()
 
     register_sinks(
         app,

@@ -2,7 +2,7 @@
 
 `bench.naive_faust` (Faust) and `bench.quix_pipeline` (Quix Streams) wrap this module, so
 the two baselines differ only in the framework around it. Per event: validate (the rules
-of `agents.validate.Validator`, as scalar checks), fold the trade into the instrument's
+of `kernels.validation.Validator`, as scalar checks), fold the trade into the instrument's
 1-minute bar and its 5m/15m/1h/1d roll-ups (`kernels.bars.MultiBook`), and for every bar
 that closes: one indicator update (`kernels.indicators.IndicatorState`) and one damping
 call on the window it completes (`kernels.damping.damp`). Outputs are buffered and written
@@ -26,10 +26,11 @@ from typing import Any, Final
 import numpy as np
 
 from agents.damping import Series, Window, to_signals
-from agents.sinks import retry_forever
+from agents.delivery import retry_forever
 from kernels.bars import GAP, Bar, BarBook, Emitted, MultiBook, bars_to_columns
 from kernels.damping import damp
 from kernels.indicators import IndicatorConfig, IndicatorState
+from kernels.validation import ValidationRules
 from schemas.batch import MarketEventBatch
 from schemas.events import NS_PER_S, SCHEMA_VERSION, SYMBOL_RE, TIMEFRAMES, VENUE_RE, Kind
 from schemas.indicator import IndicatorRecord, value_or_none
@@ -55,7 +56,8 @@ def _is_num(v: Any) -> bool:
 
 
 class EventChecker:
-    """`agents.validate.Validator`'s rules for one trade, as scalar Python checks.
+    """`kernels.validation.Validator`'s rules for one trade, as scalar Python checks (the
+    same bounds, `ValidationRules`, and order; the Kafka key is the baselines' own).
 
     Calling the vectorised Validator on a one-event batch would charge the baselines for
     NumPy's per-call overhead on 1-element arrays, which no per-record app would pay.
@@ -63,10 +65,7 @@ class EventChecker:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.venues = frozenset(settings.venues)
-        self.symbols = frozenset(settings.symbols)
-        self.skew_ns = settings.max_future_skew_ms * 1_000_000
-        self.max_age_ns = settings.max_age_s * NS_PER_S
+        self.rules = ValidationRules.from_settings(settings)
         self._seen: dict[str, tuple[set[int], deque[int]]] = {}
 
     def reason(self, doc: Any, now_ns: int) -> str | None:
@@ -80,11 +79,12 @@ class EventChecker:
         venue, symbol = doc.get("venue"), doc.get("symbol")
         if not isinstance(venue, str) or not isinstance(symbol, str):
             return "malformed"
-        if not VENUE_RE.match(venue) or venue not in self.venues:
+        r = self.rules
+        if not VENUE_RE.fullmatch(venue) or venue not in r.venues:
             return "unknown_venue"
-        if not SYMBOL_RE.match(symbol):
+        if not SYMBOL_RE.fullmatch(symbol):
             return "bad_symbol"
-        if self.symbols and symbol not in self.symbols:
+        if r.symbols and symbol not in r.symbols:
             return "unknown_symbol"
         ts: Any = doc.get("ts_event")
         recv: Any = doc.get("ts_recv")
@@ -105,22 +105,32 @@ class EventChecker:
             return "wrong_type"
         if ts <= 0 or recv <= 0:
             return "bad_timestamp"
-        if ts > now_ns + self.skew_ns:
+        if ts < r.min_event_time_ns or recv < r.min_event_time_ns:
+            return "implausible_timestamp"
+        if max(ts, recv) > now_ns + r.max_future_skew_ns:
             return "future_timestamp"
-        if self.max_age_ns and ts < now_ns - self.max_age_ns:
+        if r.max_age_ns and ts < now_ns - r.max_age_ns:
             return "stale_timestamp"
+        if recv < ts - r.max_recv_before_event_ns:
+            return "recv_before_event"
         if not math.isfinite(price):
             return "non_finite_price"
         if price <= 0:
             return "non_positive_price"
+        if not r.min_price <= price <= r.max_price:
+            return "price_out_of_range"
         if not math.isfinite(size):
             return "non_finite_size"
-        if size < 0:
+        if math.copysign(1.0, size) < 0:
             return "negative_size"
+        if size > r.max_size or 0 < size < r.min_size:
+            return "size_out_of_range"
         if side is not None and not -1 <= side <= 1:
             return "bad_side"
         if trade_id is None or trade_id < 0:
             return "missing_trade_id"
+        if trade_id > r.max_event_id or (seq is not None and not -1 <= seq <= r.max_event_id):
+            return "id_out_of_range"
         return self._duplicate(f"{venue}:{symbol}", trade_id)
 
     def _duplicate(self, key: str, trade_id: int) -> str | None:

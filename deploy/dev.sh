@@ -16,10 +16,26 @@
 # All state lives under <repo>/.dev/ (git-ignored): pidfiles, logs, data, the TimescaleDB build.
 # SEPSTREAM_DEV_DIR moves the instance state elsewhere (with other ports: a second, private set
 # of services, as the fault tests use); the TimescaleDB build stays cached in <repo>/.dev.
-# Environment: SEPSTREAM_DEV_{KAFKA,PG,REDIS}_PORT, SEPSTREAM_DEV_PG_PASSWORD (default sepstream),
-# SEPSTREAM_DEV_TLS_DIR (ca.crt, server.crt, server.key: PostgreSQL hostssl-only, Redis TLS-only),
-# SEPSTREAM_PYTHON (default <repo>/.venv/bin/python), SEPSTREAM_DEV_WAIT_S (default 60),
-# SEPSTREAM_DEV_DEBIAN_MIRROR (overrides the archive URI read from the apt sources).
+# Environment: SEPSTREAM_DEV_{KAFKA,PG,REDIS}_PORT, SEPSTREAM_PYTHON (default
+# <repo>/.venv/bin/python), SEPSTREAM_DEV_WAIT_S (default 60), SEPSTREAM_DEV_DEBIAN_MIRROR
+# (overrides the archive URI read from the apt sources).
+#
+# PostgreSQL roles (docs/OPERATIONS.md "Security defaults"), created and re-applied on every `up`:
+#   sepstream         owner of the database and the namespace schemas: `sepstream db-init`;
+#                     no SUPERUSER, CREATEDB or CREATEROLE   SEPSTREAM_DEV_PG_PASSWORD (sepstream)
+#   sepstream_writer  the worker: rows only, no DDL          SEPSTREAM_DEV_PG_WRITER_PASSWORD
+#                                                            (sepstream_writer)
+#   sepstream_reader  read path, dashboard, status: SELECT   SEPSTREAM_DEV_PG_READER_PASSWORD
+#                                                            (sepstream_reader)
+# The defaults are those of streams/settings.py, so a default worker logs in as the writer.
+#
+# TLS and passwords: SEPSTREAM_DEV_TLS=1 makes PostgreSQL accept TCP over TLS only (hostssl)
+# and Redis listen on TLS only with a password (SEPSTREAM_DEV_REDIS_PASSWORD, default
+# sepstream). The certificates come from SEPSTREAM_DEV_TLS_DIR (ca.crt, server.crt, server.key)
+# or, without it, are generated once with openssl under <dev dir>/tls (a local CA; the server
+# certificate names 127.0.0.1 and localhost). SEPSTREAM_DEV_TLS_DIR alone also turns TLS on;
+# SEPSTREAM_DEV_REDIS_PASSWORD alone turns the Redis password on. `up` prints the client
+# settings that match.
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)
@@ -31,6 +47,28 @@ KAFKA_PORT=${SEPSTREAM_DEV_KAFKA_PORT:-19092}
 PG_PORT=${SEPSTREAM_DEV_PG_PORT:-55432}
 REDIS_PORT=${SEPSTREAM_DEV_REDIS_PORT:-56379}
 PG_PASSWORD=${SEPSTREAM_DEV_PG_PASSWORD:-sepstream}
+PG_WRITER_PASSWORD=${SEPSTREAM_DEV_PG_WRITER_PASSWORD:-sepstream_writer}
+PG_READER_PASSWORD=${SEPSTREAM_DEV_PG_READER_PASSWORD:-sepstream_reader}
+
+case ${SEPSTREAM_DEV_TLS:-0} in
+  1 | true | yes | on) TLS_ON=1 ;;
+  0 | false | no | off | '') TLS_ON=0 ;;
+  *) printf 'dev.sh: error: SEPSTREAM_DEV_TLS=%s is not a boolean\n' "$SEPSTREAM_DEV_TLS" >&2; exit 1 ;;
+esac
+TLS_DIR=${SEPSTREAM_DEV_TLS_DIR:-}
+TLS_GENERATE=0
+if [[ -z $TLS_DIR && $TLS_ON == 1 ]]; then
+  TLS_DIR="$DEV/tls"
+  TLS_GENERATE=1
+fi
+# With SEPSTREAM_DEV_TLS=1 Redis wants a password unless one is set explicitly (even empty).
+if [[ -n ${SEPSTREAM_DEV_REDIS_PASSWORD+set} ]]; then
+  REDIS_PASSWORD=$SEPSTREAM_DEV_REDIS_PASSWORD
+elif [[ $TLS_ON == 1 ]]; then
+  REDIS_PASSWORD=sepstream
+else
+  REDIS_PASSWORD=
+fi
 PYTHON=${SEPSTREAM_PYTHON:-$REPO/.venv/bin/python}
 WAIT_S=${SEPSTREAM_DEV_WAIT_S:-60}
 
@@ -50,6 +88,7 @@ PACKAGES=(
   build-essential cmake libssl-dev dpkg-dev xz-utils   # timescaledb build + `apt-get source`
   ca-certificates debian-archive-keyring               # verify the trixie Sources index
   acl                                                  # setfacl, only if postgres can't reach .dev
+  openssl                                              # SEPSTREAM_DEV_TLS=1 certificates
 )
 
 log() { printf 'dev.sh: %s\n' "$*" >&2; }
@@ -236,6 +275,45 @@ ensure_timescaledb() {
   log "timescaledb $version: built and installed in $((SECONDS - t0))s (cached in $TSDB_DIR)"
 }
 
+# ---------------------------------------------------------------- TLS certificates
+
+# A local CA and a server certificate for 127.0.0.1/localhost under $TLS_DIR, made once and
+# remade when the server certificate is within a day of expiry (or the files are incomplete).
+tls_generate() {
+  local d=$TLS_DIR ext
+  if [[ -s $d/ca.crt && -s $d/server.crt && -s $d/server.key ]] \
+    && openssl x509 -checkend 86400 -noout -in "$d/server.crt" >/dev/null 2>&1; then
+    return 0
+  fi
+  command -v openssl >/dev/null || die "openssl is needed for SEPSTREAM_DEV_TLS=1"
+  log "tls: generating a local CA and a server certificate in $d"
+  mkdir -p "$d"
+  chmod 700 "$d"
+  ext="$d/server.ext"
+  printf '%s\n' 'basicConstraints = critical, CA:FALSE' 'keyUsage = critical, digitalSignature' \
+    'extendedKeyUsage = serverAuth' 'subjectAltName = IP:127.0.0.1, DNS:localhost' >"$ext"
+  (
+    umask 077
+    openssl req -x509 -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 825 \
+      -subj "/CN=sepstream dev CA" -keyout "$d/ca.key" -out "$d/ca.crt" \
+      -addext 'basicConstraints = critical, CA:TRUE, pathlen:0' \
+      -addext 'keyUsage = critical, keyCertSign, cRLSign'
+    openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+      -subj "/CN=127.0.0.1" -keyout "$d/server.key" -out "$d/server.csr"
+    openssl x509 -req -in "$d/server.csr" -CA "$d/ca.crt" -CAkey "$d/ca.key" -CAcreateserial \
+      -days 825 -extfile "$ext" -out "$d/server.crt"
+  ) >"$LOGS/tls-generate.log" 2>&1 || die "certificate generation failed (see $LOGS/tls-generate.log)"
+  rm -f "$d/server.csr" "$ext" "$d/ca.srl"
+  chmod 644 "$d/ca.crt" "$d/server.crt"
+}
+
+tls_check_dir() {
+  local f
+  for f in ca.crt server.crt server.key; do
+    [[ -r $TLS_DIR/$f ]] || die "TLS directory $TLS_DIR lacks $f"
+  done
+}
+
 # ---------------------------------------------------------------- PostgreSQL
 
 pg_running() { [[ -f $PGDATA/PG_VERSION ]] && as_pg "$PG_BIN/pg_ctl" -D "$PGDATA" status >/dev/null 2>&1; }
@@ -284,13 +362,12 @@ log_line_prefix = '%m [%p] %q%u@%d '
 log_min_duration_statement = 1000
 EOF
   local tcp=host
-  # TLS opt-in (SEPSTREAM_DEV_TLS_DIR with ca.crt server.crt server.key): copies owned by the
-  # cluster user (PostgreSQL refuses a group/world-readable key), TCP over TLS only.
-  if [[ -n ${SEPSTREAM_DEV_TLS_DIR:-} ]]; then
+  # TLS opt-in ($TLS_DIR with ca.crt server.crt server.key): copies owned by the cluster user
+  # (PostgreSQL refuses a group/world-readable key), TCP over TLS only.
+  if [[ -n $TLS_DIR ]]; then
     local f
     for f in ca.crt server.crt server.key; do
-      [[ -r $SEPSTREAM_DEV_TLS_DIR/$f ]] || die "SEPSTREAM_DEV_TLS_DIR lacks $f"
-      install -m 0600 "$SEPSTREAM_DEV_TLS_DIR/$f" "$PGDATA/tls-$f"
+      install -m 0600 "$TLS_DIR/$f" "$PGDATA/tls-$f"
       if [[ $EUID -eq 0 ]]; then chown "$PG_OS_USER": "$PGDATA/tls-$f"; fi
     done
     as_pg tee -a "$PGDATA/sepstream-dev.conf" >/dev/null <<EOF
@@ -324,25 +401,45 @@ pg_init() {
 }
 
 pg_up() {
-  if pg_running; then return 0; fi
-  tcp_open "$PG_PORT" && die "port $PG_PORT is already taken by another process"
-  pg_init
-  if [[ $EUID -eq 0 && $(stat -c %U "$PGDATA") != "$PG_OS_USER" ]]; then
-    chown -R "$PG_OS_USER": "$PGDIR"   # e.g. a .dev copied from elsewhere
+  if pg_running; then
+    # A running cluster keeps its TLS mode until it is restarted: say so instead of pretending.
+    local ssl want=off
+    [[ -z $TLS_DIR ]] || want=on
+    ssl=$(pg_psql -d postgres -Atc 'SHOW ssl' 2>/dev/null || echo "?")
+    [[ $ssl == "$want" ]] \
+      || die "postgres is running with ssl=$ssl, wanted $want: '$0 down postgres' first"
+  else
+    tcp_open "$PG_PORT" && die "port $PG_PORT is already taken by another process"
+    pg_init
+    if [[ $EUID -eq 0 && $(stat -c %U "$PGDATA") != "$PG_OS_USER" ]]; then
+      chown -R "$PG_OS_USER": "$PGDIR"   # e.g. a .dev copied from elsewhere
+    fi
+    mkdir -p "$PGSOCK"
+    if [[ $EUID -eq 0 ]]; then chown "$PG_OS_USER": "$PGSOCK"; fi
+    touch "$LOGS/postgres.log"
+    if [[ $EUID -eq 0 ]]; then chown "$PG_OS_USER": "$LOGS/postgres.log"; fi
+    pg_write_conf
+    as_pg "$PG_BIN/pg_ctl" -D "$PGDATA" -l "$LOGS/postgres.log" -w -t "$WAIT_S" start >/dev/null 9>&- \
+      || die "postgres did not start (see $LOGS/postgres.log)"
+    wait_for postgres pg_ready
   fi
-  mkdir -p "$PGSOCK"
-  if [[ $EUID -eq 0 ]]; then chown "$PG_OS_USER": "$PGSOCK"; fi
-  touch "$LOGS/postgres.log"
-  if [[ $EUID -eq 0 ]]; then chown "$PG_OS_USER": "$LOGS/postgres.log"; fi
-  pg_write_conf
-  as_pg "$PG_BIN/pg_ctl" -D "$PGDATA" -l "$LOGS/postgres.log" -w -t "$WAIT_S" start >/dev/null 9>&- \
-    || die "postgres did not start (see $LOGS/postgres.log)"
-  wait_for postgres pg_ready
-  # Role, database and extension; idempotent, and re-applies the password on every start.
-  pg_psql -d postgres -v pw="$PG_PASSWORD" <<'SQL' || die "postgres bootstrap SQL failed"
+  pg_bootstrap
+}
+
+# Roles, database and extension; idempotent, run on every `up` (also when the cluster was
+# already running), so role attributes and passwords always match this script. The owner
+# gets no SUPERUSER/CREATEDB/CREATEROLE: the roles it grants to are made here, by the
+# cluster's superuser; `sepstream db-init` (as the owner) then creates each namespace's
+# schema and grants the writer and reader their rights on it.
+pg_bootstrap() {
+  pg_psql -d postgres -v pw="$PG_PASSWORD" -v wpw="$PG_WRITER_PASSWORD" -v rpw="$PG_READER_PASSWORD" \
+    <<'SQL' || die "postgres bootstrap SQL failed"
 SET client_min_messages = warning;
-SELECT 'CREATE ROLE sepstream' WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'sepstream') \gexec
-ALTER ROLE sepstream WITH LOGIN CREATEDB PASSWORD :'pw';
+SELECT format('CREATE ROLE %I', r) FROM unnest(ARRAY['sepstream', 'sepstream_writer', 'sepstream_reader']) AS r
+ WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = r) \gexec
+ALTER ROLE sepstream WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS PASSWORD :'pw';
+ALTER ROLE sepstream_writer WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS PASSWORD :'wpw';
+ALTER ROLE sepstream_reader WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS PASSWORD :'rpw';
 SELECT 'CREATE DATABASE sepstream OWNER sepstream'
  WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = 'sepstream') \gexec
 \c sepstream
@@ -358,42 +455,72 @@ pg_down() {
 
 # ---------------------------------------------------------------- Redis
 
+# What a client needs to reach this instance, kept next to its pidfile so that `status` and
+# `down` work without the environment `up` had: redis.ca (TLS) and redis.pass (0600, AUTH).
+redis_mode() {  # the mode `up` would start, as one word: plain|tls, +auth with a password
+  local mode=plain
+  [[ -z $TLS_DIR ]] || mode=tls
+  [[ -z $REDIS_PASSWORD ]] || mode+="+auth"
+  echo "$mode"
+}
+
 redis_up() {
-  pid_alive "$RUN/redis.pid" redis-server && return 0
+  if pid_alive "$RUN/redis.pid" redis-server; then
+    local running
+    running=$(cat "$RUN/redis.mode" 2>/dev/null || echo plain)
+    [[ $running == "$(redis_mode)" ]] \
+      || die "redis is running as $running, wanted $(redis_mode): '$0 down redis' first"
+    return 0
+  fi
   tcp_open "$REDIS_PORT" && die "port $REDIS_PORT is already taken by another process"
   mkdir -p "$DEV/redis"
-  # TLS opt-in (SEPSTREAM_DEV_TLS_DIR): the port speaks TLS only; clients are not asked for
-  # certificates. Debian's redis-server is built with TLS.
-  local listen=(--port "$REDIS_PORT")
-  if [[ -n ${SEPSTREAM_DEV_TLS_DIR:-} ]]; then
-    listen=(--port 0 --tls-port "$REDIS_PORT" --tls-auth-clients no
-      --tls-cert-file "$SEPSTREAM_DEV_TLS_DIR/server.crt"
-      --tls-key-file "$SEPSTREAM_DEV_TLS_DIR/server.key"
-      --tls-ca-cert-file "$SEPSTREAM_DEV_TLS_DIR/ca.crt")
+  [[ $REDIS_PASSWORD != *[[:space:]\"\'\\]* ]] \
+    || die "SEPSTREAM_DEV_REDIS_PASSWORD must not hold whitespace, quotes or backslashes"
+  # Settings that must not show in `ps` go into a config file only this user can read.
+  local conf="$DEV/redis/redis.conf"
+  (umask 077 && : >"$conf")
+  rm -f "$RUN/redis.ca" "$RUN/redis.pass"
+  if [[ -n $REDIS_PASSWORD ]]; then
+    printf 'requirepass "%s"\n' "$REDIS_PASSWORD" >"$conf"
+    (umask 077 && printf '%s' "$REDIS_PASSWORD" >"$RUN/redis.pass")
   fi
+  # TLS opt-in ($TLS_DIR): the port speaks TLS only; clients are not asked for certificates.
+  # Debian's redis-server is built with TLS.
+  local listen=(--port "$REDIS_PORT")
+  if [[ -n $TLS_DIR ]]; then
+    listen=(--port 0 --tls-port "$REDIS_PORT" --tls-auth-clients no
+      --tls-cert-file "$TLS_DIR/server.crt"
+      --tls-key-file "$TLS_DIR/server.key"
+      --tls-ca-cert-file "$TLS_DIR/ca.crt")
+    cp "$TLS_DIR/ca.crt" "$RUN/redis.ca"
+  fi
+  redis_mode >"$RUN/redis.mode"
   # No persistence: the dev cache is rebuilt by the pipeline (DESIGN.md §4).
-  redis-server --bind 127.0.0.1 "${listen[@]}" --protected-mode yes \
+  redis-server "$conf" --bind 127.0.0.1 "${listen[@]}" --protected-mode yes \
     --daemonize yes --pidfile "$RUN/redis.pid" --logfile "$LOGS/redis.log" \
     --dir "$DEV/redis" --save "" --appendonly no 9>&- \
     || die "redis-server did not start (see $LOGS/redis.log)"
   wait_for redis redis_ready
 }
 
-redis_cli() {  # redis-cli against this instance, over TLS when SEPSTREAM_DEV_TLS_DIR is set
-  local tls=()
-  [[ -z ${SEPSTREAM_DEV_TLS_DIR:-} ]] || tls=(--tls --cacert "$SEPSTREAM_DEV_TLS_DIR/ca.crt")
-  redis-cli "${tls[@]}" -h 127.0.0.1 -p "$REDIS_PORT" "$@"
+redis_cli() {  # redis-cli against this instance, over TLS and with AUTH as it was started
+  local args=(-h 127.0.0.1 -p "$REDIS_PORT") auth=()
+  [[ ! -s $RUN/redis.ca ]] || args+=(--tls --cacert "$RUN/redis.ca")
+  # REDISCLI_AUTH keeps the password off the command line
+  [[ ! -s $RUN/redis.pass ]] || auth=("REDISCLI_AUTH=$(<"$RUN/redis.pass")")
+  env "${auth[@]}" redis-cli "${args[@]}" "$@"
 }
 
 redis_ready() { [[ $(redis_cli ping 2>/dev/null) == PONG ]]; }
 
 redis_down() {
   local pid
-  pid_alive "$RUN/redis.pid" redis-server || { rm -f "$RUN/redis.pid"; return 0; }
-  pid=$(pidof_file "$RUN/redis.pid")
-  redis_cli shutdown nosave >/dev/null 2>&1 || kill "$pid" 2>/dev/null || true
-  wait_gone "$pid" || kill -9 "$pid" 2>/dev/null || true
-  rm -f "$RUN/redis.pid"
+  if pid_alive "$RUN/redis.pid" redis-server; then
+    pid=$(pidof_file "$RUN/redis.pid")
+    redis_cli shutdown nosave >/dev/null 2>&1 || kill "$pid" 2>/dev/null || true
+    wait_gone "$pid" || kill -9 "$pid" 2>/dev/null || true
+  fi
+  rm -f "$RUN/redis.pid" "$RUN/redis.mode" "$RUN/redis.ca" "$RUN/redis.pass"
 }
 
 # ---------------------------------------------------------------- Tansu (Kafka API)
@@ -494,10 +621,12 @@ services() {  # services [NAME...]: the named services, checked; all three when 
 }
 
 cmd_up() {
-  local t0=$SECONDS bin dsn_pw=$PG_PASSWORD name
+  local t0=$SECONDS bin name
   bin=$(tansu_bin)   # fail fast, before installing or starting anything
   ensure_packages
   ensure_timescaledb
+  if [[ $TLS_GENERATE == 1 ]]; then tls_generate; fi
+  if [[ -n $TLS_DIR ]]; then tls_check_dir; fi
   for name in $(services "$@"); do
     case $name in
       postgres) pg_up ;;
@@ -506,9 +635,32 @@ cmd_up() {
     esac
   done
   status_lines "$@" || die "some services are not up"
-  [[ $PG_PASSWORD == sepstream ]] || dsn_pw='***'
-  echo "env: SEPSTREAM_KAFKA_BOOTSTRAP=127.0.0.1:$KAFKA_PORT SEPSTREAM_PG_DSN=postgresql://sepstream:$dsn_pw@127.0.0.1:$PG_PORT/sepstream SEPSTREAM_REDIS_URL=redis://127.0.0.1:$REDIS_PORT/0"
+  client_env
   log "up in $((SECONDS - t0))s"
+}
+
+client_env() {  # the SEPSTREAM_* settings that reach these services (passwords masked)
+  local scheme=redis env
+  [[ -z $TLS_DIR ]] || scheme=rediss
+  env="SEPSTREAM_KAFKA_BOOTSTRAP=127.0.0.1:$KAFKA_PORT"
+  env+=" SEPSTREAM_PG_DSN=postgresql://sepstream@127.0.0.1:$PG_PORT/sepstream"
+  env+=" SEPSTREAM_REDIS_URL=$scheme://127.0.0.1:$REDIS_PORT/0"
+  if [[ -n $TLS_DIR ]]; then
+    env+=" SEPSTREAM_PG_SSLMODE=verify-full SEPSTREAM_PG_SSLROOTCERT=$TLS_DIR/ca.crt"
+    env+=" SEPSTREAM_REDIS_CA_FILE=$TLS_DIR/ca.crt"
+  fi
+  # Passwords that differ from streams/settings.py's defaults must be given to clients too;
+  # shown only when they are this script's own defaults, never when they came from outside.
+  [[ $PG_PASSWORD == sepstream ]] || env+=" SEPSTREAM_PG_PASSWORD=***"
+  [[ $PG_WRITER_PASSWORD == sepstream_writer ]] || env+=" SEPSTREAM_PG_WRITER_PASSWORD=***"
+  [[ $PG_READER_PASSWORD == sepstream_reader ]] || env+=" SEPSTREAM_PG_READER_PASSWORD=***"
+  if [[ -n ${SEPSTREAM_DEV_REDIS_PASSWORD:-} ]]; then
+    env+=" SEPSTREAM_REDIS_PASSWORD=***"
+  elif [[ -n $REDIS_PASSWORD ]]; then
+    env+=" SEPSTREAM_REDIS_PASSWORD=$REDIS_PASSWORD"
+  fi
+  echo "env: $env"
+  echo "roles: owner sepstream (sepstream db-init), writer sepstream_writer (worker), reader sepstream_reader (read path, status)"
 }
 
 cmd_down() {

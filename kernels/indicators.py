@@ -55,9 +55,10 @@ a different session than the previous bar of that instrument.
 
 Entry points: :meth:`IndicatorState.update` (one bar for each of k instruments, the live
 path), :meth:`IndicatorState.peek` (the same without changing the state: a forming bar) and
-:meth:`IndicatorState.update_series` (m consecutive bars of one instrument: replay,
-backfill, a batch record). All three give bit-identical values for the same bars, whatever
-the batching, so a restarted or replaying worker reproduces the live numbers exactly.
+:meth:`IndicatorState.update_series` (m consecutive bars of one instrument, as m
+updates). One implementation (`_step`) computes every indicator, so all three give
+bit-identical values for the same bars, whatever the batching, so a restarted or
+replaying worker reproduces the live numbers exactly.
 
 Persistence: :meth:`IndicatorState.to_dict` / :meth:`IndicatorState.to_bytes` snapshot one
 instrument; :meth:`IndicatorState.from_dict` / :meth:`IndicatorState.from_bytes` load it into
@@ -567,202 +568,35 @@ class IndicatorState:
         c: ArrayLike,
         v: ArrayLike,
     ) -> dict[str, F64]:
-        """Fold m consecutive closed bars of ONE instrument (replay, backfill, a batch record).
+        """Fold m consecutive closed bars of ONE instrument (a test's or a tool's series).
 
-        Returns ``{name: (m,) float64}``, one value per bar, and leaves the state exactly
-        as m single-bar :meth:`update` calls would: every value is bit-identical to the
-        per-bar path. Recursions run as a scalar loop over plain floats (the same IEEE
-        operations in the same order as the array path); the window indicators and the
-        regime run vectorised over time on the ring contents each bar would have seen.
+        Returns ``{name: (m,) float64}``, one value per bar. It is m single-bar
+        :meth:`update` calls, the one implementation of every indicator, so its values
+        are those of the live path by construction. Inputs are checked before the first
+        bar is folded in: a bad bar leaves the state untouched. The live path folds many
+        instruments per call; across time the recursions are sequential by nature.
         """
-        i = self._slot(i)
+        slot = self._slot(i)
         m = int(np.asarray(c).size)
-        _o, hi, lo, cl, vol = self._inputs(m, (o, h, low, c, v))
-        sess = self._sessions(m, ts)
-        cfg = self.config
-        col = self._col
-        nan = math.nan
-        t0 = int(self._count[i])
-        tt = t0 + np.arange(m, dtype=np.int64)
-        out: dict[str, F64] = {}
+        fields = self._inputs(m, (o, h, low, c, v))
+        self._sessions(m, ts)  # checked before any bar changes the state
         if m == 0:
             return {name: np.empty(0) for name in self._names}
-
-        # --- scalar recursions: EMA block, MACD signal, Wilder block, VWAP.
-        srow: list[float] = self._s[i].tolist()
-        e0, e1 = self._ema_block
-        ema = srow[e0:e1]
-        n_e = e1 - e0
-        ek: list[float] = self._ema_k.tolist()
-        en: list[float] = self._ema_n.tolist()
-        estart: list[int] = self._ema_start.tolist()
-        eseed: list[int] = self._ema_seed.tolist()
-        sg = srow[col["macd_signal"]]
-        sg_n = cfg.macd_signal
-        sg_k = 2.0 / (sg_n + 1)
-        first = self._macd_first
-        slow_last_seed = cfg.macd_slow - 1
-        w0, _ = self._wilder_block
-        gain, loss, atr = srow[w0], srow[w0 + 1], srow[w0 + 2]
-        rn, an = cfg.rsi_period, cfg.atr_period
-        rnf, rnm1 = float(rn), float(rn - 1)
-        anf, anm1 = float(an), float(an - 1)
-        pc = srow[col["prev_close"]]
-        pv, vv = srow[col["vwap_pv"]], srow[col["vwap_vol"]]
-        prev_s = int(self._session[i])
-
-        ema_out = np.empty((m, n_e))
-        macd_out = np.empty(m)
-        sig_out = np.empty(m)
-        rsi_out = np.empty(m)
-        atr_out = np.empty(m)
-        vwap_out = np.empty(m)
-        for r, (x, hx, lx, vx, sx) in enumerate(
-            zip(cl.tolist(), hi.tolist(), lo.tolist(), vol.tolist(), sess.tolist(), strict=True)
-        ):
-            t = t0 + r
-            for j in range(n_e):
-                e = ema[j]
-                if t <= eseed[j]:
-                    new = e if t < estart[j] else e + x
-                    if t == eseed[j]:
-                        new = new / en[j]
-                else:
-                    new = (x - e) * ek[j] + e
-                ema[j] = new
-            mm = ema[-2] - ema[-1]
-            if t < slow_last_seed:
-                pass
-            elif t <= first:
-                sg = sg + mm
-                if t == first:
-                    sg = sg / sg_n
-            else:
-                sg = (mm - sg) * sg_k + sg
-            ema_out[r] = ema
-            macd_out[r] = mm
-            sig_out[r] = sg
-
-            if t == 0:
-                up = down = tr = 0.0
-            else:
-                d = x - pc
-                up = d if d > 0.0 else 0.0
-                down = -d if d < 0.0 else 0.0
-                tr = max(hx - lx, abs(pc - hx), abs(pc - lx))
-            if t <= rn:
-                gain, loss = gain + up, loss + down
-                if t == rn:
-                    gain, loss = gain / rnf, loss / rnf
-            else:
-                gain = (gain * rnm1 + up) / rnf
-                loss = (loss * rnm1 + down) / rnf
-            if t <= an:
-                atr = atr + tr
-                if t == an:
-                    atr = atr / anf
-            else:
-                atr = (atr * anm1 + tr) / anf
-            tot = gain + loss
-            rsi_out[r] = 100.0 * (gain / tot if tot > 0.0 else 0.0)
-            atr_out[r] = atr
-            pc = x
-
-            typical = (hx + lx + x) / 3.0
-            if sx != prev_s:
-                pv, vv = 0.0, 0.0
-            pv = pv + typical * vx
-            vv = vv + vx
-            prev_s = sx
-            vwap_out[r] = pv / vv if vv > 0.0 else nan
-
-        # --- outputs of the window indicators, from the rings as each bar leaves them.
-        tcol = tt[:, None]
-        new_rows: dict[int, F64] = {}
-        for w in self._windows:
-            off, _ = self._ring_off[f"close{w}"]
-            old = self._r[i, off : off + w].copy()
-            win = self._ring_rows(tcol, w, t0, cl, old)
-            new_rows[w] = win[-1]
-            base = win[:, 0]
-            shifted = win - base[:, None]
-            step = shifted.sum(axis=1) / w
-            mean = np.where(tt >= w - 1, base + step, nan)
-            if w in self._sma:
-                out[f"sma_{w}"] = mean
-            if w == cfg.bb_period:
-                dev = shifted - step[:, None]
-                width = cfg.bb_k * np.sqrt(np.einsum("ij,ij->i", dev, dev) / w)
-                out["bb_upper"] = mean + width
-                out["bb_middle"] = mean
-                out["bb_lower"] = mean - width
-        ema_ok = np.where(tcol >= self._ema_seed, ema_out, nan)
-        for j, n in enumerate(self._emas):
-            out[f"ema_{n}"] = ema_ok[:, j]
-        macd_ok = tt >= first
-        out["macd"] = np.where(macd_ok, macd_out, nan)
-        out["macd_signal"] = np.where(macd_ok, sig_out, nan)
-        out["macd_hist"] = out["macd"] - out["macd_signal"]
-        out["rsi"] = np.where(tt >= rn, rsi_out, nan)
-        out["atr"] = np.where(tt >= an, atr_out, nan)
-        out["vwap"] = vwap_out
-        ef, es = out[f"ema_{cfg.trend_fast}"], out[f"ema_{cfg.trend_slow}"]
-        diff = ef - es
-        band = cfg.trend_tolerance * np.maximum(np.abs(ef), np.abs(es))
-        out["trend"] = np.where(np.abs(diff) <= band, 0.0, np.sign(diff))
-
-        # --- regime: the ATR ring holds ATR #j in slot j mod H.
-        hist_n = cfg.regime_history
-        h_off, _ = self._ring_off["atr_hist"]
-        old_atr = self._r[i, h_off : h_off + hist_n].copy()
-        j_all = tt - an
-        j0 = max(0, t0 - an)  # ATR values before this call
-        atr_seq = atr_out[j_all >= 0]  # ATR #j0, #j0+1, ... in order
-        pct = np.full(m, nan)
-        ok = np.flatnonzero(j_all >= hist_n - 1)
-        if ok.size:
-            hist = self._ring_rows(j_all[ok][:, None], hist_n, j0, atr_seq, old_atr)
-            cur = atr_out[ok][:, None]
-            counts = (hist < cur).sum(axis=1) + (hist <= cur).sum(axis=1)
-            pct[ok] = (0.5 * counts.astype(np.float64)) * (100.0 / hist_n)
-        out["vol_pct"] = pct
-        regime = np.where(
-            pct < cfg.regime_low_pct, -1.0, np.where(pct > cfg.regime_high_pct, 1.0, 0.0)
-        )
-        out["vol_regime"] = np.where(np.isnan(pct), nan, regime)
-
-        # --- commit: the state m single-bar updates would have left.
-        srow[e0:e1] = ema
-        srow[col["macd_signal"]] = sg
-        srow[w0 : w0 + 3] = [gain, loss, atr]
-        srow[col["prev_close"]] = pc
-        srow[col["vwap_pv"]], srow[col["vwap_vol"]] = pv, vv
-        self._s[i] = srow
-        for w, row in new_rows.items():
-            off, _ = self._ring_off[f"close{w}"]
-            self._r[i, off : off + w] = row
-        if atr_seq.size:
-            j_last = np.array([[int(j_all[-1])]])
-            self._r[i, h_off : h_off + hist_n] = self._ring_rows(
-                j_last, hist_n, j0, atr_seq, old_atr
-            )[0]
-        self._count[i] = t0 + m
-        self._session[i] = int(sess[-1])
-        return {name: out[name] for name in self._names}
-
-    @staticmethod
-    def _ring_rows(at: NDArray[np.int64], w: int, first_new: int, new: F64, old: F64) -> F64:
-        """Ring contents (slot order) right after element #at was written, for each row.
-
-        Slot s holds the latest element #q ≤ at with q ≡ s (mod w); elements before
-        ``first_new`` come from the ring as it was (``old``), later ones from ``new``.
-        """
-        slots = np.arange(w)
-        q = at - (at - slots) % w  # (rows, w)
-        fresh = q >= first_new
-        pick = np.clip(q - first_new, 0, max(new.size - 1, 0))
-        vals = new[pick] if new.size else np.zeros(q.shape)
-        return np.where(fresh, vals, old[np.broadcast_to(slots, q.shape)])
+        ts_rows = None if ts is None else np.broadcast_to(np.asarray(ts, dtype=np.int64), (m,))
+        rows = [
+            self._step(
+                idx=[slot],
+                ts=None if ts_rows is None else ts_rows[r : r + 1],
+                o=fields[0][r : r + 1],
+                h=fields[1][r : r + 1],
+                low=fields[2][r : r + 1],
+                c=fields[3][r : r + 1],
+                v=fields[4][r : r + 1],
+                commit=True,
+            )
+            for r in range(m)
+        ]
+        return {name: np.concatenate([row[name] for row in rows]) for name in self._names}
 
     # ------------------------------------------------------------------ persistence
 

@@ -12,9 +12,17 @@ All events of a record share kind, venue and symbol. Times are int64 ns since th
 `COLUMNS`; optional columns may be omitted or hold nulls. Bars carry ``tf`` and their
 ``ts_event`` is the bar's open time; gap markers carry ``reason``.
 
-Decoding never raises anything but `CodecError`: a value of the wrong type inside a column
-does not reject the whole record, it is flagged per event in `MarketEventBatch.bad_type`
-so that validation can dead-letter exactly that event.
+Decoding never raises anything but `CodecError`, and every column it returns is a 1-D
+array of exactly `n` values of the column's dtype (int64 or float64). A value of the wrong
+type inside a column (a string, a boolean, a nested list or object, a float in an int
+column, an integer outside int64, or one too large for a float; a null in a required
+column) does not reject the whole record: it is flagged per event in
+`MarketEventBatch.bad_type` (validation's reason `wrong_type`) so that exactly that event
+is dead-lettered. What makes the events uncountable or the record unattributable rejects
+the record with a `CodecError` reason: a column that is not a list of length `n`, a
+missing required column, venue/symbol/tf/reason that are not short strings. Optional
+columns may be omitted or hold nulls (absent). `tf` is kept for bars only and `reason` for
+gap markers only; `stamps` keep only int64 integers.
 
 Each distinct record is decoded once per process (`DecodeCache`): validate, bars, both
 sinks, indicators and damping all read the same records, so a decoded batch is shared, and
@@ -23,18 +31,19 @@ its arrays are read-only. A caller that needs a modified column copies it first.
 
 from __future__ import annotations
 
+import reprlib
 from collections import OrderedDict
 from contextlib import suppress
 from dataclasses import dataclass, field
 from functools import cached_property
 from operator import countOf
-from typing import Any, Final
+from typing import Any, Final, TypeGuard
 
 import numpy as np
 import numpy.typing as npt
 import orjson
 
-from schemas.envelope import CodecError, load_envelope
+from schemas.envelope import CodecError, as_float, brief, is_int64, load_envelope
 from schemas.events import SCHEMA_VERSION, Kind, MarketEvent
 
 __all__ = [
@@ -48,6 +57,11 @@ __all__ = [
 
 I8: Final = np.dtype(np.int64)
 F8: Final = np.dtype(np.float64)
+# Longest venue, symbol, tf or gap reason a record may carry: validation's patterns allow
+# far less; anything longer is not a name and would be copied into every dead letter.
+MAX_NAME_CHARS: Final = 64
+# Raw values nested deeper than orjson can write back are dead-lettered as a summary.
+_RAW_REPR: Final = reprlib.Repr(maxlevel=4, maxlist=8, maxdict=8, maxstring=64, maxother=64)
 
 
 @dataclass(frozen=True)
@@ -134,19 +148,36 @@ class MarketEventBatch:
         return cols
 
     def raw_event(self, i: int) -> dict[str, Any]:
-        """Event `i` as it arrived on the wire (for dead letters)."""
+        """Event `i` as it arrived on the wire (for dead letters); always JSON-writable.
+
+        Only columns that are lists of the record's length hold per-event values: other
+        members of `cols` (unknown names, scalars) are left out, not copied into every
+        dead letter. A value orjson cannot write back (nested too deep) becomes its summary.
+        """
         raw = self.raw
         source: dict[str, Any] = raw if raw is not None else self.cols
+        n = len(self)
         event: dict[str, Any] = {
             "kind": self.kind.value,
             "venue": self.venue,
             "symbol": self.symbol,
         }
         for name, col in source.items():
+            if not isinstance(col, list | np.ndarray) or len(col) != n:
+                continue
             value = col[i]
-            event[name] = value.item() if isinstance(value, np.generic) else value
+            if isinstance(value, np.generic):
+                value = value.item()
+            elif isinstance(value, list | dict):
+                try:
+                    orjson.dumps(value)
+                except orjson.JSONEncodeError:
+                    value = _RAW_REPR.repr(value)
+            event[name] = value
         if self.timeframe is not None:
             event["tf"] = self.timeframe
+        if self.reason is not None:
+            event["reason"] = self.reason
         return event
 
     def events(self) -> list[MarketEvent]:
@@ -298,21 +329,26 @@ def _copy(batch: MarketEventBatch) -> MarketEventBatch:
 
 def _decode(data: bytes) -> MarketEventBatch:
     doc = load_envelope(data, SCHEMA_VERSION)
-    kind = _KINDS.get(doc.get("kind"))  # type: ignore[arg-type]
+    kind_name = doc.get("kind")
+    kind = _KINDS.get(kind_name) if isinstance(kind_name, str) else None
     if kind is None:
-        raise CodecError("unknown_kind", f"kind={doc.get('kind')!r}")
+        raise CodecError("unknown_kind", f"kind={brief(kind_name)}")
     venue, symbol, n, raw = doc.get("venue"), doc.get("symbol"), doc.get("n"), doc.get("cols")
-    if not isinstance(venue, str) or not isinstance(symbol, str):
-        raise CodecError("malformed", "venue and symbol must be strings")
+    if not _is_name(venue) or not _is_name(symbol):
+        raise CodecError("malformed", f"venue and symbol must be strings of 1-{MAX_NAME_CHARS}")
     # Every event takes at least a byte: a larger n is a lie, not worth allocating for.
-    if not isinstance(n, int) or isinstance(n, bool) or n < 1 or n > len(data):
-        raise CodecError("malformed", f"n={n!r}")
+    if type(n) is not int or n < 1 or n > len(data):
+        raise CodecError("malformed", f"n={brief(n)}")
     if not isinstance(raw, dict):
         raise CodecError("malformed", "cols must be an object")
-    tf, reason, stamps = doc.get("tf"), doc.get("reason"), doc.get("stamps") or {}
-    if kind is Kind.BAR and not isinstance(tf, str):
-        raise CodecError("malformed", "bar records need tf")
-    if not isinstance(stamps, dict):
+    tf, reason, stamps = doc.get("tf"), doc.get("reason"), doc.get("stamps")
+    if kind is Kind.BAR and not _is_name(tf):
+        raise CodecError("malformed", "bar records need tf, a short string")
+    if kind is Kind.GAP and reason is not None and not _is_name(reason):
+        raise CodecError("malformed", "a gap's reason must be a short string")
+    if stamps is None:
+        stamps = {}
+    elif not isinstance(stamps, dict):
         raise CodecError("malformed", "stamps must be an object")
 
     cols: dict[str, npt.NDArray[Any]] = {}
@@ -323,7 +359,7 @@ def _decode(data: bytes) -> MarketEventBatch:
             if spec.fill is None:
                 raise CodecError("malformed", f"missing column {name}")
             col = np.full(n, spec.fill, dtype=spec.dtype)
-        elif not isinstance(values, list) or len(values) != n:
+        elif type(values) is not list or len(values) != n:
             raise CodecError("malformed", f"column {name} is not a list of length {n}")
         else:
             col = _column(values, spec, bad)
@@ -337,19 +373,28 @@ def _decode(data: bytes) -> MarketEventBatch:
         venue=venue,
         symbol=symbol,
         cols=cols,
-        timeframe=tf if isinstance(tf, str) else None,
-        reason=reason if isinstance(reason, str) else None,
-        stamps={k: v for k, v in stamps.items() if isinstance(v, int)},
+        timeframe=tf if kind is Kind.BAR else None,
+        reason=reason if kind is Kind.GAP else None,
+        stamps={k: v for k, v in stamps.items() if is_int64(v)},
         bad_type=bad if has_bad else None,
         wire=data,
     )
 
 
+def _is_name(value: object) -> TypeGuard[str]:
+    return type(value) is str and 0 < len(value) <= MAX_NAME_CHARS
+
+
 def _column(values: list[Any], spec: ColumnSpec, bad: npt.NDArray[np.bool_]) -> npt.NDArray[Any]:
-    """Vectorised conversion with a per-element slow path only when types are mixed."""
+    """Vectorised conversion of a list of length n to a 1-D array of n values of the
+    column's dtype, with a per-element slow path only when types are mixed.
+
+    The fast paths take exact types only: `type(v) is int` excludes booleans (which
+    `np.asarray` would turn into 0/1), and neither accepts a nested list (which would make
+    a 2-D array) or a string (which `np.fromiter` would parse).
+    """
     n = len(values)
     if spec.dtype.kind == "i":
-        # Only exact ints (not bool, float or str, which fromiter would convert silently);
         # fromiter is ~2x faster than asarray's type inference, and raises OverflowError
         # outside int64 where asarray's uint64 would wrap around.
         if countOf(map(type, values), int) == n:
@@ -358,9 +403,14 @@ def _column(values: list[Any], spec: ColumnSpec, bad: npt.NDArray[np.bool_]) -> 
             except OverflowError:
                 pass
     else:
-        arr = np.asarray(values)
-        if arr.dtype.kind in "if":
-            return arr.astype(np.float64, copy=False)
+        floats = countOf(map(type, values), float)
+        if floats == n:  # JSON numbers with a fraction or exponent: the usual case
+            return np.fromiter(values, F8, count=n)
+        if floats + countOf(map(type, values), int) == n:  # integral prices written as ints
+            try:
+                return np.fromiter(values, F8, count=n)
+            except OverflowError:  # an integer beyond float range: the slow path flags it
+                pass
     if spec.fill is not None and values.count(None) == n:
         return np.full(n, spec.fill, dtype=spec.dtype)  # an optional column sent as nulls
     return _column_slow(values, spec, bad)
@@ -373,14 +423,11 @@ def _column_slow(
     out = np.empty(len(values), dtype=spec.dtype)
     fallback = spec.fill if spec.fill is not None else (float("nan") if is_float else 0)
     for i, value in enumerate(values):
-        if isinstance(value, bool):
-            ok = False
-        elif is_float:
-            ok = isinstance(value, int | float)
-        else:
-            ok = isinstance(value, int) and -(2**63) <= value < 2**63
-        if ok:
-            out[i] = value
+        number: float | int | None = as_float(value) if is_float else None
+        if not is_float and is_int64(value):
+            number = value
+        if number is not None:
+            out[i] = number
         else:
             out[i] = fallback
             # null in an optional column is the documented "absent"; anything else is bad

@@ -17,6 +17,7 @@ from typing import Final
 _IDENT: Final = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 TABLES: Final = (
     "ticks",
+    "trade_ids",
     "quotes",
     "bars",
     "gaps",
@@ -125,6 +126,14 @@ def continuous_aggregate_ddl(schema: str, license_: str) -> list[str]:
     return out
 
 
+def prune_trade_ids_sql(schema: str) -> str:
+    """Forget trade ids older than the ticks kept ($1 = days), with the ticks' retention."""
+    return (
+        f"DELETE FROM {check_ident(schema)}.trade_ids "
+        f"WHERE ts < now() - make_interval(days => $1::int)"
+    )
+
+
 def drop_chunks_sql(schema: str, table: str) -> str:
     """Retention on the Apache edition: run on a schedule with $1 = days to keep."""
     if table not in TABLES:
@@ -185,8 +194,9 @@ def grants_ddl(schema: str, *, writer: str | None, reader: str | None) -> list[s
     """Least privilege on one namespace's schema, idempotent; run by the schema owner after
     every table exists.
 
-    writer (the sinks): USAGE on the schema, SELECT/INSERT/UPDATE on the data tables, INSERT
-    and SELECT on the audit log; no CREATE, so no DDL. reader (the query path): SELECT only.
+    writer (the sinks): USAGE on the schema, SELECT/INSERT/UPDATE on the data tables, DELETE
+    on `trade_ids` only (its pruning), INSERT and SELECT on the audit log; no CREATE, so no
+    DDL. reader (the query path): SELECT only.
     Both lose any CREATE on the schema they may have been given.
     """
     s = check_ident(schema)
@@ -200,6 +210,7 @@ def grants_ddl(schema: str, *, writer: str | None, reader: str | None) -> list[s
             f"GRANT INSERT, UPDATE ON {', '.join(f'{s}.{t}' for t in TABLES)} TO {w}",
             f"REVOKE UPDATE, DELETE, TRUNCATE ON {s}.{AUDIT_TABLE} FROM {w}",
             f"GRANT INSERT ON {s}.{AUDIT_TABLE} TO {w}",
+            f"GRANT DELETE ON {s}.trade_ids TO {w}",  # pruned with the ticks' retention
         ]
     if reader is not None:
         r = check_ident(reader)

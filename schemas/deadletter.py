@@ -14,18 +14,22 @@ import orjson
 
 from schemas.events import SCHEMA_VERSION
 
+_KEY_MAX = 256  # bytes of a record's key kept in its dead letter
+
 
 def dead_letter(
     *,
     stage: str,
     reason: str,
     detail: str = "",
+    error: str | None = None,
     source: tuple[str, int, int] | None = None,
     key: bytes | None = None,
     event: dict[str, Any] | None = None,
     original: bytes | None = None,
 ) -> bytes:
-    """Encode a dead letter; `source` is (topic, partition, offset) of the input record."""
+    """Encode a dead letter; `source` is (topic, partition, offset) of the input record,
+    `error` the class of the exception a stage raised on it (reason `stage_error`)."""
     doc: dict[str, Any] = {
         "v": SCHEMA_VERSION,
         "stage": stage,
@@ -33,10 +37,12 @@ def dead_letter(
         "detail": detail,
         "ts_dlq": time.time_ns(),
     }
+    if error is not None:
+        doc["error"] = error
     if source is not None:
         doc["topic"], doc["partition"], doc["offset"] = source
     if key is not None:
-        doc["key"] = key.decode("utf-8", "replace")
+        doc["key"] = key[:_KEY_MAX].decode("utf-8", "replace")  # a key is no payload
     if event is not None:
         doc["event"] = event
     if original is not None:

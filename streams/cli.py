@@ -87,6 +87,7 @@ def worker(cpu_bind: str, worker_index: int, workers: int) -> None:
     import structlog
 
     from streams.app import create_app
+    from streams.inspect import ensure_app_topics
 
     settings = _settings()
     log = structlog.get_logger("sepstream.worker")
@@ -110,8 +111,13 @@ def worker(cpu_bind: str, worker_index: int, workers: int) -> None:
         log.warning("placement not recorded", path=str(path), error=str(exc))
 
     app = create_app(settings)
+    # The worker's own loop, made current for Faust: its topics exist before it starts.
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    loop.run_until_complete(ensure_app_topics(app, settings))
     faust.Worker(
         app,
+        loop=loop,
         loglevel=settings.log_level,
         override_logging=False,
         redirect_stdouts=False,

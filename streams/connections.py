@@ -86,15 +86,31 @@ def _pg_args(settings: Settings, role: Role) -> dict[str, Any]:
     return args
 
 
-async def pg_connect(settings: Settings, role: Role = "owner", **kwargs: Any) -> asyncpg.Connection:
+async def pg_connect(
+    settings: Settings, role: Role = "owner", *, provisioned: bool = True, **kwargs: Any
+) -> asyncpg.Connection:
     """One connection as `role`: owner for DDL and admin work, writer for sinks, reader for
-    the query path."""
+    the query path.
+
+    A writer has no DDL rights, so before its first connection to a namespace the schema is
+    checked and, if missing, provisioned (`streams.provision.ensure_provisioned`); the check
+    itself connects with `provisioned=False`.
+    """
+    if role == "writer" and provisioned:
+        from streams.provision import ensure_provisioned  # provision imports this module
+
+        await ensure_provisioned(settings)
     conn: asyncpg.Connection = await asyncpg.connect(**_pg_args(settings, role), **kwargs)
     return conn
 
 
 async def pg_pool(settings: Settings, role: Role = "writer", **kwargs: Any) -> asyncpg.Pool:
-    """A pool as `role` (default: the sinks' writer); kwargs go to `asyncpg.create_pool`."""
+    """A pool as `role` (default: the sinks' writer, its namespace provisioned first, as in
+    `pg_connect`); kwargs go to `asyncpg.create_pool`."""
+    if role == "writer":
+        from streams.provision import ensure_provisioned
+
+        await ensure_provisioned(settings)
     pool: asyncpg.Pool = await asyncpg.create_pool(**_pg_args(settings, role), **kwargs)
     return pool
 

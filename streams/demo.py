@@ -29,6 +29,7 @@ from streams.inspect import (
     table_counts,
 )
 from streams.producer import BatchingProducer
+from streams.provision import provision
 from streams.settings import Settings
 from streams.worker_process import WorkerProcess
 
@@ -147,6 +148,7 @@ async def run_demo(
 ) -> Summary:
     if not settings.namespace:
         settings = await fresh_namespace(settings)
+    await provision(settings)  # `db-init` as the owner: the worker then runs as the writer
     await ensure_topics(settings)
     names = hot_topics(settings)
     start = await end_offsets(settings, list(names.values()))

@@ -13,7 +13,9 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import faust
 import orjson
+import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
@@ -30,6 +32,7 @@ from streams.connections import (
 from streams.settings import Settings
 
 Offsets = dict[TopicPartition, int]
+log = structlog.get_logger(__name__)
 
 
 @contextlib.asynccontextmanager
@@ -87,6 +90,58 @@ async def ensure_compacted_topic(settings: Settings, topic: str) -> str:
                     [NewTopic(name, 1, 1, topic_configs={"cleanup.policy": "compact"})]
                 )
     return name
+
+
+def app_topics(app: faust.App, settings: Settings) -> dict[str, NewTopic]:
+    """Every topic a worker of `app` reads or writes: its agents' channels, its tables'
+    changelogs and Faust's leader topic, with the partitions and configs Faust would give."""
+    channels: list[Any] = [*app.topics, *(t.changelog_topic for t in app.tables.values())]
+    out: dict[str, NewTopic] = {}
+    for channel in channels:
+        configs = {str(k): str(v) for k, v in (channel.config or {}).items()}
+        if channel.compacting:
+            configs["cleanup.policy"] = "compact"
+        if channel.retention:
+            configs["retention.ms"] = str(int(channel.retention * 1000))
+        for name in channel.topics:
+            partitions = channel.partitions or settings.partitions
+            out[name] = NewTopic(name, partitions, 1, topic_configs=configs)
+    for name in hot_topics(settings).values():  # the dead-letter topic is only written
+        out.setdefault(name, NewTopic(name, settings.partitions, 1))
+    leader = f"{app.conf.id}-__assignor-__leader"
+    out.setdefault(leader, NewTopic(leader, 1, 1))
+    return out
+
+
+async def ensure_app_topics(app: faust.App, settings: Settings, timeout_s: float = 60.0) -> None:
+    """Create what is missing of `app_topics` and wait until the cluster lists them all.
+
+    Run before the worker starts: Faust's producer learns topics from the metadata it
+    fetches at start, and a table write to a changelog topic it does not know fails
+    (`'NoneType' object is not iterable` in the partitioner) on a brand-new cluster.
+    """
+    wanted = app_topics(app, settings)
+    async with admin_client(settings) as admin:
+        missing = [t for name, t in wanted.items() if name not in set(await admin.list_topics())]
+        if missing:
+            log.info("creating topics", topics=sorted(t.name for t in missing))
+            with contextlib.suppress(TopicAlreadyExistsError):
+                await admin.create_topics(missing)
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while True:
+            described = {t["topic"]: t for t in await admin.describe_topics(list(wanted))}
+            pending = sorted(
+                name
+                for name, spec in wanted.items()
+                if name not in described
+                or described[name]["error_code"] != 0
+                or len(described[name]["partitions"]) < spec.num_partitions
+            )
+            if not pending:
+                return
+            if asyncio.get_running_loop().time() > deadline:
+                raise TimeoutError(f"topics not ready after {timeout_s:.0f} s: {pending}")
+            await asyncio.sleep(0.2)
 
 
 def partitions_of(topic: str, settings: Settings) -> list[TopicPartition]:

@@ -158,12 +158,12 @@ class BatchingProducer:
             await self.send(batch.key.encode(), batch.encode(collector_out=time.time_ns()))
             self.events_sent += len(batch)
 
-    async def send(self, key: bytes, value: bytes) -> None:
-        """Send one raw record (also used to inject arbitrary bytes in tests and tools)."""
+    async def send(self, key: bytes | None, value: bytes) -> None:
+        """Send one raw record (also used to inject arbitrary bytes, or no key, in tests)."""
         await self._send(key, value, attempt=0)
         self.records_sent += 1
 
-    async def _send(self, key: bytes, value: bytes, *, attempt: int) -> None:
+    async def _send(self, key: bytes | None, value: bytes, *, attempt: int) -> None:
         assert self._producer is not None, "start() first"
         while True:
             try:
@@ -180,7 +180,9 @@ class BatchingProducer:
         self._pending.add(fut)
         fut.add_done_callback(functools.partial(self._delivered, key, value, attempt))
 
-    def _delivered(self, key: bytes, value: bytes, attempt: int, fut: asyncio.Future[Any]) -> None:
+    def _delivered(
+        self, key: bytes | None, value: bytes, attempt: int, fut: asyncio.Future[Any]
+    ) -> None:
         self._pending.discard(fut)
         if fut.cancelled():
             self.send_errors += 1
@@ -199,7 +201,7 @@ class BatchingProducer:
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 
-    async def _resend(self, key: bytes, value: bytes, attempt: int) -> None:
+    async def _resend(self, key: bytes | None, value: bytes, attempt: int) -> None:
         await asyncio.sleep(_backoff(attempt))
         if self._producer is None:
             self.send_errors += 1

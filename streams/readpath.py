@@ -12,7 +12,11 @@ first. The tiers are asked in order and the first that *hits* serves the request
   Binance, OANDA) fetches the `limit` periods before the current one from the venue,
   stores the bars neither store had (TimescaleDB with `ON CONFLICT DO NOTHING`, so a bar
   the stream stored always wins; Redis as the sink writes, including the stores' bars of
-  the answer Redis lacked), and hits when the answer then has `limit` bars.
+  the answer Redis lacked), and hits when the answer then has `limit` bars. The whole fetch
+  is bounded by `read_rest_timeout_s` (3 s). A reader made with `allow_rest=False` never
+  calls a venue (tier `disabled`): the worker's anonymous HTTP `/bars` is such a reader
+  unless `SEPSTREAM_READ_HTTP_REST` is on, so an unauthenticated request cannot make the
+  worker call out; `sepstream bars` (an operator at a shell) may.
 
 "Hit" is about count, not wall-clock coverage: bars exist only for periods with trades, so
 a quiet instrument's newest `limit` bars can span far more than `limit` periods, and a store
@@ -155,7 +159,7 @@ class BarsResult:
     timeframe: str
     limit: int
     source: str  # the tier that hit, "partial" when none did, "none" when nothing was found
-    tiers: dict[str, str]  # tier → hit | miss | error | unavailable, for the tiers consulted
+    tiers: dict[str, str]  # tier → hit | miss | error | unavailable | disabled, per tier asked
     bars: list[dict[str, Any]]  # closed, oldest first (at most `limit`)
     forming: list[dict[str, Any]] = field(default_factory=list)
     stored_back: int = 0  # bars fetched from the venue and stored
@@ -204,10 +208,14 @@ def _bars_batch(venue: str, symbol: str, tf: str, bars: list[dict[str, Any]]) ->
 
 class BarReader:
     """One Redis client (its own connection pool), one asyncpg pool and, when a venue REST
-    tier is used, one HTTP session whose rate limiter spans requests. Start once, share."""
+    tier is used, one HTTP session whose rate limiter spans requests. Start once, share.
 
-    def __init__(self, settings: Settings) -> None:
+    `allow_rest=False`: the venue REST tier is never asked (reported `disabled`).
+    """
+
+    def __init__(self, settings: Settings, *, allow_rest: bool = True) -> None:
         self.settings = settings
+        self.allow_rest = allow_rest
         self.schema = check_ident(settings.pg_schema)
         self.prefix = settings.redis_prefix
         self.redis = RedisWriter(settings)  # its client is the read client too
@@ -315,7 +323,7 @@ class BarReader:
         return result
 
     async def _count(self, tiers: dict[str, str]) -> None:
-        consulted = {t: r for t, r in tiers.items() if r != "unavailable"}
+        consulted = {t: r for t, r in tiers.items() if r not in ("unavailable", "disabled")}
         for tier, res in consulted.items():
             READ_REQUESTS.labels(tier, res).inc()
         try:
@@ -408,18 +416,22 @@ class BarReader:
         self, venue: str, req: BarsRequest, tiers: dict[str, str]
     ) -> list[dict[str, Any]]:
         """The venue's bars of the `limit` periods before the current one, oldest first.
-        Sets `tiers["rest"]` to unavailable or error, or to miss (the caller decides hit)."""
+        Sets `tiers["rest"]` to unavailable, disabled or error, or to miss (the caller
+        decides hit)."""
         if not self.rest_available(venue, req.timeframe):
             tiers["rest"] = "unavailable"
+            return []
+        if not self.allow_rest:
+            tiers["rest"] = "disabled"
             return []
         period_ms = TIMEFRAMES[req.timeframe] * 1000
         last = (time.time_ns() // 1_000_000 // period_ms - 1) * period_ms
         first = last - (req.limit - 1) * period_ms
         try:
             source = self._history_source(venue)
-            got = await asyncio.wait_for(
-                source.fetch(req.symbol, first, last), self.settings.read_rest_timeout_s
-            )
+            # One deadline for the whole fetch, retries and pacing included.
+            async with asyncio.timeout(self.settings.read_rest_timeout_s):
+                got = await source.fetch(req.symbol, first, last)
         except Exception as exc:  # includes a venue without credentials (OANDA's token)
             tiers["rest"] = "error"
             log.warning("read path: venue REST failed", venue=venue, error=repr(exc))
@@ -436,9 +448,11 @@ class BarReader:
 
         if venue not in self._history:
             if self._session is None:
-                self._session = aiohttp.ClientSession(
-                    timeout=aiohttp.ClientTimeout(total=self.settings.read_rest_timeout_s)
-                )
+                # No aiohttp timeout of its own: the fetch's deadline (`_from_rest`) is the
+                # only one. aiohttp turns a cancellation that meets its own expired timer into
+                # a TimeoutError, which the history client retries: with both set to the same
+                # value, a silent venue held a read for all its retries (20 s, not 3).
+                self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout())
             self._history[venue] = HISTORY[venue](self.settings, self._session)
         return self._history[venue]
 

@@ -48,10 +48,17 @@ class Settings:
     pg_sslrootcert: str = ""  # CA bundle for verify-ca / verify-full
     pg_sslcert: str = ""  # client certificate (and key) when the server wants one
     pg_sslkey: str = ""
-    pg_writer_user: str = ""  # sinks' role; "" = the DSN's user (the schema owner)
-    pg_writer_password: str = field(default="", repr=False)
-    pg_reader_user: str = ""  # read path's role; "" = the DSN's user
-    pg_reader_password: str = field(default="", repr=False)
+    # Least privilege by default: the worker logs in as the writer (rows only, no DDL), the
+    # read path, dashboard and status as the reader; the DSN's user is the schema owner that
+    # `sepstream db-init` runs as. The defaults are the roles deploy/dev.sh creates; "" = the
+    # DSN's user (one role for everything, which then runs the DDL itself).
+    pg_writer_user: str = "sepstream_writer"
+    pg_writer_password: str = field(default="sepstream_writer", repr=False)
+    pg_reader_user: str = "sepstream_reader"
+    pg_reader_password: str = field(default="sepstream_reader", repr=False)
+    # A writer connection to a namespace whose schema is missing has the owner provision it
+    # first (needs the owner's password; streams/provision.py). false: `db-init` only.
+    pg_auto_provision: bool = True
     redis_password: str = field(default="", repr=False)
     redis_ca_file: str = ""  # verify a rediss:// server against this CA (else the system's)
     redis_cert_file: str = ""
@@ -76,6 +83,18 @@ class Settings:
     max_future_skew_ms: int = 5_000
     max_age_s: int = 0  # 0 = no age limit (replays and backfills carry old data)
     min_event_time_s: int = 631_152_000  # 1990-01-01: earlier = a unit mistake (s/ms/µs as ns)
+    max_recv_before_event_ms: int = 60_000  # ts_recv this much before ts_event: clocks broken
+    # Plausible values (kernels/validation.py; docs/OPERATIONS.md "Validation"). Each within
+    # [1e-30, 1e30], so no sum of price·size a later stage computes can overflow (checked at
+    # start).
+    min_price: float = 1e-12
+    max_price: float = 1e9
+    min_size: float = 1e-12  # a size or volume is 0 or at least this
+    max_size: float = 1e15  # one trade or quote side
+    max_volume: float = 1e18  # one bar
+    max_quote_spread: float = 2.0  # ask / bid
+    max_bar_range: float = 100.0  # high / low
+    max_event_id: int = 4_611_686_018_427_387_904  # 2**62: trade ids, seq, a bar's trades
     max_record_bytes: int = 1_048_576
     # Trade ids remembered per instrument (kernels.dedup): 16 B each, allocated when the
     # instrument is first seen, so 4,096 = 64 KiB per instrument (tracemalloc: 64.4 KiB),
@@ -86,6 +105,8 @@ class Settings:
     dedup_window: int = 4_096
     venues: tuple[str, ...] = KNOWN_VENUES
     symbols: tuple[str, ...] = ()  # empty = any well-formed BASE-QUOTE symbol
+    validate_max_records: int = 256  # md.trades.v1 records per validate micro-batch
+    validate_linger_ms: int = 2  # longest a record waits for its validate micro-batch
     # bars
     bar_grace_ms: int = 2_000
     bar_correction_horizon_min: int = 1_440
@@ -103,7 +124,8 @@ class Settings:
     compress_after_days: int = 7
     # read path (`sepstream bars`, HTTP /bars)
     read_max_limit: int = 5_000  # bars per request
-    read_rest_timeout_s: float = 30.0  # whole venue REST fetch of one request
+    read_rest_timeout_s: float = 3.0  # whole venue REST fetch of one request
+    read_http_rest: bool = False  # may an (anonymous) HTTP /bars request fetch from a venue?
     # bitspace damping (DESIGN §5) and its path library
     damping_window: int = 64  # W closes per window (T + 1 = W - 1 bits)
     damping_max_batch: int = 1024  # bar records per micro-batch (one damp() call each)
@@ -154,6 +176,7 @@ class Settings:
     freshness_alert_s: float = 300.0  # an instrument with no tick for longer is stale
     quality_window_s: float = 900.0  # accepted vs dead-lettered counted over this window
     quality_alert: float = 0.8  # data-quality score below this is flagged
+    stage_stall_s: float = 60.0  # /healthz fails when a stage with input waiting is stuck longer
     # logs
     log_level: str = "info"
     log_format: str = "auto"  # auto | json | console

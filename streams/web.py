@@ -2,17 +2,46 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
 import faust
 import orjson
 from faust.web import Request, Response, View
+from faust.web.base import BlueprintManager
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from agents.stage import progress_of
 from streams.settings import Settings
+
+# Faust's own pages: /router (cluster topology), /table (table contents by key), / and
+# /assignment (sensor counters, partition assignment), /graph, /performance. None is needed
+# (no @table_route), all describe internals, and the worker's web has no authentication.
+FAUST_PAGE_SETTINGS: Final = (
+    "web_router_enabled",
+    "web_tables_enabled",
+    "web_stats_enabled",
+    "web_graph_enabled",
+    "web_metrics_enabled",
+)
+
+
+def disable_faust_pages(app: faust.App) -> None:
+    """Serve none of Faust's built-in pages, only the routes registered here.
+
+    Each has its own setting (faust-streaming >= 0.15), read when `app.web` is made and
+    turned off here if it is not made yet; Faust serves its `{"status": "OK"}` index at `/`
+    whatever they say, so the web's blueprint list, which holds only built-ins (ours are
+    views), is emptied too: it is applied when the server starts.
+    """
+    if "web" not in vars(app):  # a cached property: the settings are still unread
+        for name in FAUST_PAGE_SETTINGS:
+            setattr(app.conf, name, False)
+    app.web.blueprints = BlueprintManager()
 
 
 def register(app: faust.App, settings: Settings) -> None:
+    disable_faust_pages(app)
+
     @app.page("/metrics")
     async def metrics(self: View, request: Request) -> Response:
         """Prometheus exposition of this worker's counters and histograms."""
@@ -21,8 +50,17 @@ def register(app: faust.App, settings: Settings) -> None:
 
     @app.page("/healthz")
     async def healthz(self: View, request: Request) -> Response:
-        body: dict[str, Any] = {"ok": True, "namespace": settings.namespace or None}
-        return self.json(body)
+        """503 when a stage with input waiting has not finished a take for
+        `stage_stall_s` (a poison loop, a store away): the worker is up but not advancing."""
+        stages = [p.as_dict(settings.stage_stall_s) for p in progress_of(app).values()]
+        stalled = [s["stage"] for s in stages if s["stalled"]]
+        body: dict[str, Any] = {
+            "ok": not stalled,
+            "namespace": settings.namespace or None,
+            "stalled": stalled,
+            "stages": stages,
+        }
+        return self.json(body, status=503 if stalled else 200)
 
     from importlib.resources import files
 
@@ -57,7 +95,9 @@ def register(app: faust.App, settings: Settings) -> None:
 
     from streams.readpath import BarReader, http_bars
 
-    reader = BarReader(settings)  # pools opened at the first request, shared by all
+    # Pools opened at the first request, shared by all. Requests are anonymous: the venue
+    # REST tier only when SEPSTREAM_READ_HTTP_REST allows it (streams.readpath).
+    reader = BarReader(settings, allow_rest=settings.read_http_rest)
 
     @app.page("/bars")
     async def bars(self: View, request: Request) -> Response:

@@ -21,6 +21,27 @@ SELECT create_hypertable('{schema}.ticks', 'ts',
 CREATE UNIQUE INDEX IF NOT EXISTS ticks_natural_key
     ON {schema}.ticks (venue, symbol, trade_id, ts);
 
+-- Exactly once in storage for trades. A hypertable's unique index must hold its time
+-- column, so `ticks_natural_key` alone would store a trade id sent again with another
+-- timestamp (a venue's re-send after a reconnect, a collector restarted) a second time.
+-- This plain table's key has no time in it: the tick writer stores a trade only when its
+-- id is new here, in the same transaction. Pruned with the ticks' retention.
+CREATE TABLE IF NOT EXISTS {schema}.trade_ids (
+    venue       text        NOT NULL,
+    symbol      text        NOT NULL,
+    trade_id    bigint      NOT NULL,
+    ts          timestamptz NOT NULL,  -- the stored tick's time, for pruning
+    PRIMARY KEY (venue, symbol, trade_id)
+);
+CREATE INDEX IF NOT EXISTS trade_ids_ts ON {schema}.trade_ids (ts);
+-- A schema made before trade_ids existed: the ids of the ticks already stored.
+INSERT INTO {schema}.trade_ids (venue, symbol, trade_id, ts)
+SELECT DISTINCT ON (venue, symbol, trade_id) venue, symbol, trade_id, ts
+FROM {schema}.ticks
+WHERE NOT EXISTS (SELECT FROM {schema}.trade_ids)
+ORDER BY venue, symbol, trade_id, ts
+ON CONFLICT DO NOTHING;
+
 CREATE TABLE IF NOT EXISTS {schema}.quotes (
     ts          timestamptz      NOT NULL,
     venue       text             NOT NULL,

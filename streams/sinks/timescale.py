@@ -3,7 +3,8 @@
 Fast path: COPY straight into the hypertable (≈149k rows/s here, DESIGN §4). A unique
 violation means a redelivery: the same rows are then COPYed into a temporary staging table
 and moved with INSERT … ON CONFLICT, so replays never duplicate rows. Bars always take the
-upsert path because a corrected bar must replace the one stored.
+upsert path because a corrected bar must replace the one stored. Trades are stored once
+per trade id whatever their timestamp (`trade_ids`, written in the same transaction).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import numpy as np
 import structlog
 
 from schemas.batch import MarketEventBatch
-from schemas.ddl import core_ddl, drop_chunks_sql, policy_ddl
+from schemas.ddl import core_ddl, drop_chunks_sql, policy_ddl, prune_trade_ids_sql
 from schemas.events import Kind
 from schemas.pgcopy import HEADER, TRAILER, Column, PgType, encode_rows
 from streams.connections import pg_pool, writer_owns_schema
@@ -93,6 +94,15 @@ def _gaps(b: MarketEventBatch) -> list[Column]:
         Column(T, b.reason or "unspecified"),
         Column(I8, c["ts_recv"]),
     ]
+
+
+TRADE_ID_COLUMNS: Final = ("venue", "symbol", "trade_id", "ts")
+
+
+def _trade_ids(b: MarketEventBatch) -> list[Column]:
+    c = b.cols
+    return [Column(T, b.venue), Column(T, b.symbol), Column(I8, c["trade_id"]),
+            Column(TS, c["ts_event"])]  # fmt: skip
 
 
 TABLES: Final[dict[Kind, TableSpec]] = {
@@ -215,15 +225,19 @@ class TimescaleWriter:
             )
 
     async def drop_old_chunks(self) -> int:
-        """Apache-edition retention; a no-op unless SEPSTREAM_TICK_RETENTION_DAYS is set."""
+        """Retention: old tick/quote chunks on the Apache edition (the community edition's
+        policies do it there) and old trade ids on both; a no-op unless
+        SEPSTREAM_TICK_RETENTION_DAYS is set."""
         days = self.settings.tick_retention_days
-        if not days or self.license == "timescale" or self.pool is None:
+        if not days or self.pool is None:
             return 0
         dropped = 0
         async with self.pool.acquire() as conn:
-            for table in ("ticks", "quotes"):
-                rows = await conn.fetch(drop_chunks_sql(self.schema, table), days)
-                dropped += len(rows)
+            if self.license != "timescale":  # the community edition has retention policies
+                for table in ("ticks", "quotes"):
+                    rows = await conn.fetch(drop_chunks_sql(self.schema, table), days)
+                    dropped += len(rows)
+            await conn.execute(prune_trade_ids_sql(self.schema), days)
         return dropped
 
     async def write(self, batches: Iterable[MarketEventBatch]) -> dict[str, int]:
@@ -241,6 +255,10 @@ class TimescaleWriter:
             for kind, group in groups.items():
                 spec = TABLES[kind]
                 rows = sum(len(b) for b in group)
+                if kind is Kind.TRADE:
+                    await self._copy_trades(conn, group)
+                    written[spec.name] = rows
+                    continue
                 payload = (
                     HEADER + b"".join(encode_rows(spec.to_copy(b), len(b)) for b in group) + TRAILER
                 )
@@ -248,17 +266,49 @@ class TimescaleWriter:
                 written[spec.name] = rows
         return written
 
+    async def _copy_trades(self, conn: Any, group: Sequence[MarketEventBatch]) -> None:
+        """Ticks whose trade id is new (`trade_ids`, schemas/sql/core.sql), exactly once.
+
+        Fast path: both COPYs straight in. A unique violation in either means an id seen
+        before: then only the ticks whose ids `trade_ids` takes are inserted."""
+        spec = TABLES[Kind.TRADE]
+        ticks = HEADER + b"".join(encode_rows(spec.to_copy(b), len(b)) for b in group) + TRAILER
+        try:
+            async with conn.transaction():  # a savepoint: a violation undoes only this
+                ids = HEADER + b"".join(encode_rows(_trade_ids(b), len(b)) for b in group)
+                await self._copy_in(conn, "trade_ids", TRADE_ID_COLUMNS, ids + TRAILER)
+                await self._copy_in(conn, spec.name, spec.columns, ticks)
+            return
+        except asyncpg.UniqueViolationError:
+            pass
+        stage = await stage_rows(conn, f"{self.schema}.{spec.name}", spec.columns, ticks)
+        cols = ", ".join(spec.columns)
+        key = "venue, symbol, trade_id"
+        await conn.execute(
+            f"WITH fresh AS ("
+            f" INSERT INTO {self.schema}.trade_ids ({key}, ts)"
+            f" SELECT DISTINCT ON ({key}) {key}, ts FROM {stage} ORDER BY {key}, ctid"
+            f" ON CONFLICT DO NOTHING RETURNING {key}, ts) "
+            f"INSERT INTO {self.schema}.ticks ({cols}) "
+            f"SELECT DISTINCT ON ({key}) {cols} FROM {stage} JOIN fresh USING ({key}, ts) "
+            f"ORDER BY {key}, {stage}.ctid "
+            f"ON CONFLICT DO NOTHING"
+        )
+
+    async def _copy_in(self, conn: Any, table: str, columns: Sequence[str], payload: bytes) -> None:
+        await conn.copy_to_table(
+            table,
+            source=io.BytesIO(payload),
+            columns=list(columns),
+            schema_name=self.schema,
+            format="binary",
+        )
+
     async def _copy(self, conn: Any, spec: TableSpec, payload: bytes) -> None:
         if not spec.upsert:
             try:
                 async with conn.transaction():  # a savepoint: a violation undoes only this
-                    await conn.copy_to_table(
-                        spec.name,
-                        source=io.BytesIO(payload),
-                        columns=list(spec.columns),
-                        schema_name=self.schema,
-                        format="binary",
-                    )
+                    await self._copy_in(conn, spec.name, spec.columns, payload)
                 return
             except asyncpg.UniqueViolationError:
                 pass  # a redelivery: fall through to the idempotent path
@@ -271,6 +321,21 @@ class TimescaleWriter:
             payload=payload,
             replace=spec.upsert,
         )
+
+
+async def stage_rows(conn: Any, table: str, columns: Sequence[str], payload: bytes) -> str:
+    """COPY `payload` into a temporary table shaped like `table`; returns its name.
+
+    Runs inside the caller's transaction; the staging table empties itself at commit."""
+    stage = f"_stage_{table.rpartition('.')[2]}"
+    await conn.execute(
+        f"CREATE TEMP TABLE IF NOT EXISTS {stage} "
+        f"(LIKE {table} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+    )
+    await conn.copy_to_table(
+        stage, source=io.BytesIO(payload), columns=list(columns), format="binary"
+    )
+    return stage
 
 
 async def staged_upsert(
@@ -288,14 +353,7 @@ async def staged_upsert(
     `replace`: a row already stored is updated (and its `updated_at` set), else kept. Runs
     inside the caller's transaction; the staging table empties itself at commit.
     """
-    stage = f"_stage_{table}"
-    await conn.execute(
-        f"CREATE TEMP TABLE IF NOT EXISTS {stage} "
-        f"(LIKE {schema}.{table} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
-    )
-    await conn.copy_to_table(
-        stage, source=io.BytesIO(payload), columns=list(columns), format="binary"
-    )
+    stage = await stage_rows(conn, f"{schema}.{table}", columns, payload)
     cols = ", ".join(columns)
     keys = ", ".join(key)
     if replace:

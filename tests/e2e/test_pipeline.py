@@ -126,12 +126,13 @@ def _bad_records(first_good: MarketEventBatch, now: int) -> list[tuple[bytes, by
     return [
         (b"k", b"{oops", "malformed_json"),
         (b"k", orjson.dumps({"v": 2, "kind": "trade"}), "unknown_version"),
-        (b"k", trade(price=-5.0), "non_positive_price"),
-        (b"k", trade(price=None), "wrong_type"),
-        (b"k", trade(ts_event=now + 3600 * 10**9), "future_timestamp"),
-        (b"k", trade(venue="nasdaq"), "unknown_venue"),
-        (b"k", trade(size=-1.0), "negative_size"),
+        (b"sim_kraken:XRP-EUR", trade(price=-5.0), "non_positive_price"),
+        (b"sim_kraken:XRP-EUR", trade(price=None), "wrong_type"),
+        (b"sim_kraken:XRP-EUR", trade(ts_event=now + 3600 * 10**9), "future_timestamp"),
+        (b"nasdaq:XRP-EUR", trade(venue="nasdaq"), "unknown_venue"),
+        (b"sim_kraken:XRP-EUR", trade(size=-1.0), "negative_size"),
         (b"k", b"x" * 150_000, "oversized"),
+        (b"k", trade(), "key_mismatch"),
         (dup.key.encode(), dup.encode(), "duplicate_trade_id"),
     ]
 

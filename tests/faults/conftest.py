@@ -96,6 +96,7 @@ def fault_settings(private_services: PrivateServices) -> Settings:
         bar_grace_ms=1000,
         sink_linger_ms=100,
         sink_retry_max_s=1.0,
+        stage_stall_s=4.0,  # /healthz reports a store outage within the test's 15 s
         log_level="info",
     )
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import urllib.error
 import urllib.request
 from collections import Counter
 from collections.abc import Sequence
@@ -19,6 +20,7 @@ from typing import Any
 import asyncpg
 import numpy as np
 import numpy.typing as npt
+import orjson
 import redis.asyncio as aioredis
 
 from streams.inspect import dead_letter_reasons, end_offsets, ensure_topics, group_lag, hot_topics
@@ -169,6 +171,20 @@ def scrape(settings: Settings) -> dict[str, float]:
 
 async def metrics(settings: Settings) -> dict[str, float]:
     return await asyncio.to_thread(scrape, settings)
+
+
+def _healthz(settings: Settings) -> tuple[int, dict[str, Any]]:
+    url = f"http://{settings.web_host}:{settings.web_port}/healthz"
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return resp.status, orjson.loads(resp.read())
+    except urllib.error.HTTPError as err:
+        return err.code, orjson.loads(err.read())
+
+
+async def healthz(settings: Settings) -> tuple[int, dict[str, Any]]:
+    """The worker's /healthz: (HTTP status, body)."""
+    return await asyncio.to_thread(_healthz, settings)
 
 
 async def assert_all_arrived(

@@ -19,7 +19,7 @@ import pytest
 import redis.asyncio as aioredis
 import structlog
 
-from agents.sinks import retry_forever
+from agents.delivery import retry_forever
 from schemas.batch import MarketEventBatch
 from schemas.events import Kind
 from streams.inspect import committed_offsets, hot_topics
@@ -31,6 +31,7 @@ from tests.faults.conftest import PrivateServices
 from tests.faults.known_stream import (
     KnownStream,
     assert_all_arrived,
+    healthz,
     metrics,
     tick_count,
     total_lag,
@@ -77,6 +78,9 @@ async def _outage(
             seen["paused"] = max(seen["paused"], m.get("sepstream_paused_partitions", 0))
             seen["retries"] = m.get(f'sepstream_sink_retries_total{{sink="{sink}"}}', 0)
             seen["rss_max"] = max(seen["rss_max"], proc.memory_info().rss)
+            status, body = await healthz(settings)
+            if status == 503:
+                seen["unhealthy"] = sorted(set(seen.get("unhealthy", [])) | set(body["stalled"]))
             await asyncio.sleep(0.5)
         seen["lag_late"] = await total_lag(settings)
         seen["acked_while_down"] = {
@@ -134,10 +138,12 @@ async def test_store_down_mid_stream(
         assert seen["paused"] >= 1, seen  # fetching of its partitions stopped...
         assert 0 < seen["buffered"] <= BUFFER_MAX, seen  # ...with the queue at its bound
         assert seen["rss_growth"] < RSS_GROWTH_MAX, seen
+        assert f"sink-{sink}" in seen.get("unhealthy", []), seen  # /healthz said it stalled
 
         await asyncio.wait_for(feeding, timeout=90)
         # ...and the backlog drains: lag 0, everything stored once
         await assert_all_arrived(stream, fault_pg, fault_redis, start, within=90)
+        assert (await healthz(fault_settings))[0] == 200  # advancing again
         assert worker.running and worker.proc.pid == pid
         assert worker.stop() == 0
     finally:

@@ -31,6 +31,7 @@ from streams.sinks.redis import FormingBarWriter, RedisWriter, forming_key, read
 from streams.sinks.timescale import TimescaleWriter
 from streams.worker_process import WorkerProcess
 from tests.conftest import ARTIFACTS, eventually, free_port
+from tests.worker_web import worker_web
 
 MIN = 60_000_000_000
 T0 = 1_700_000_040 * 10**9 // MIN * MIN  # a whole minute in 2023
@@ -285,6 +286,86 @@ async def test_both_miss_fetches_from_the_venue_and_stores_back(
         "rest:hit": 1,
         "redis:hit": 1,
     }
+
+
+async def test_anonymous_http_requests_do_not_call_the_venue_unless_enabled(
+    settings: Settings,
+    rds: aioredis.Redis,
+    pg: asyncpg.Connection,
+    klines: tuple[Klines, str],
+) -> None:
+    """`GET /bars` on the worker's routes: by default the venue REST tier is `disabled` and
+    the venue never hears of the request; SEPSTREAM_READ_HTTP_REST=true lets it through."""
+    server, url = klines
+    settings = replace(settings, binance_rest_url=url, backfill_requests_per_s=50.0)
+    assert settings.read_http_rest is False  # the default
+    query = "/bars?symbol=BTC-USDT&venue=binance&tf=1m&limit=30"
+    async with worker_web(settings) as client:
+        resp = await client.get(query)
+        doc = orjson.loads(await resp.read())
+    assert resp.status == 404
+    assert doc["tiers"] == {"redis": "miss", "timescaledb": "miss", "rest": "disabled"}
+    assert (doc["source"], doc["count"], doc["stored_back"]) == ("none", 0, 0)
+    assert server.requests == []
+    assert await stats(rds, settings) == {"requests": 1, "redis:miss": 1, "timescaledb:miss": 1}
+
+    async with worker_web(replace(settings, read_http_rest=True)) as client:
+        resp = await client.get(query)
+        doc = orjson.loads(await resp.read())
+    assert resp.status == 200
+    assert (doc["source"], doc["count"], doc["stored_back"]) == ("rest", 30, 30)
+    assert len(server.requests) == 1
+
+
+async def test_the_bars_command_still_fetches_from_the_venue(
+    settings: Settings,
+    rds: aioredis.Redis,
+    pg: asyncpg.Connection,
+    klines: tuple[Klines, str],
+) -> None:
+    """An operator's `sepstream bars` keeps the REST tier whatever READ_HTTP_REST says."""
+    server, url = klines
+    env = replace(settings, binance_rest_url=url, backfill_requests_per_s=50.0).to_env()
+    args = ["bars", "BTC-USDT", "--venue", "binance", "--limit", "12", "--json"]
+    res = await asyncio.to_thread(CliRunner().invoke, main, args, env=env)
+    assert res.exit_code == 0, res.output
+    doc = orjson.loads(res.stdout)
+    assert (doc["source"], doc["count"], doc["tiers"]["rest"]) == ("rest", 12, "hit")
+    assert len(server.requests) == 1
+
+
+async def test_a_venue_that_does_not_answer_is_given_up_after_the_timeout(
+    settings: Settings, rds: aioredis.Redis, pg: asyncpg.Connection
+) -> None:
+    """A venue that accepts the connection and never answers (what an offline or stuck
+    network looks like) holds a read for `read_rest_timeout_s`, a few seconds by default."""
+    assert Settings.from_env({}).read_rest_timeout_s <= 5.0
+    accepted: list[asyncio.StreamWriter] = []
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer)
+        await reader.read()  # until the client gives up and closes
+
+    venue = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = venue.sockets[0].getsockname()[1]
+    timeout = 0.8
+    settings = replace(
+        settings, binance_rest_url=f"http://127.0.0.1:{port}", read_rest_timeout_s=timeout
+    )
+    try:
+        async with BarReader(settings) as reader:  # the CLI's reader: REST allowed
+            began = time.perf_counter()
+            result = await reader.read(BarsRequest("BTC-USDT", "binance", "1m", 30))
+            took = time.perf_counter() - began
+    finally:
+        venue.close()
+        for w in accepted:
+            w.close()
+        await venue.wait_closed()
+    assert accepted, "the venue was never asked"
+    assert result.tiers == {"redis": "miss", "timescaledb": "miss", "rest": "error"}
+    assert (result.source, result.bars) == ("none", [])
+    assert timeout <= took < timeout + 1.5
 
 
 async def test_http_bars_on_a_running_worker(

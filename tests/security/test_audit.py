@@ -42,13 +42,33 @@ async def test_audit_writes_row_and_event(settings: Settings, pg: asyncpg.Connec
     ]
 
 
-async def test_db_init_is_audited(settings: Settings, pg: asyncpg.Connection) -> None:
-    """`sepstream db-init` (single-role default): tables exist and the action is recorded."""
+async def test_db_init_is_idempotent_and_audited(
+    settings: Settings, pg: asyncpg.Connection
+) -> None:
+    """`sepstream db-init` on the dev defaults (an owner without CREATEROLE, the roles of
+    deploy/dev.sh), twice: tables and grants the same after each run, one row per run."""
     env = {k: str(v) for k, v in settings.to_env().items()}
-    result = await _run_cli(["db-init", "--json"], env)
-    assert result.exit_code == 0, result.output
-    doc = orjson.loads(result.stdout)
-    assert doc["schema"] == settings.pg_schema and doc["separate_roles"] == []
+    grants_sql = (
+        "SELECT table_name, grantee, privilege_type FROM information_schema.role_table_grants "
+        "WHERE table_schema = $1 ORDER BY 1, 2, 3"
+    )
+    grants = []
+    for _ in range(2):
+        result = await _run_cli(["db-init", "--json"], env)
+        assert result.exit_code == 0, result.output
+        doc = orjson.loads(result.stdout)
+        assert doc["schema"] == settings.pg_schema
+        assert (doc["owner"], doc["writer"], doc["reader"]) == (
+            "sepstream",
+            "sepstream_writer",
+            "sepstream_reader",
+        )
+        assert doc["separate_roles"] == ["reader", "writer"]
+        assert doc["passwords_set"] == []  # deploy/dev.sh keeps them; the owner may not
+        grants.append([tuple(r) for r in await pg.fetch(grants_sql, settings.pg_schema)])
+    assert grants[0] == grants[1]
+    assert ("bars", "sepstream_writer", "INSERT") in grants[0]
+    assert ("bars", "sepstream_reader", "SELECT") in grants[0]
     tables = {
         r["tablename"]
         for r in await pg.fetch(
@@ -56,10 +76,11 @@ async def test_db_init_is_audited(settings: Settings, pg: asyncpg.Connection) ->
         )
     }
     assert {"ticks", "bars", "signals", "indicators", "path_library", "audit_log"} <= tables
-    row = await pg.fetchrow(f"SELECT action, actor, details FROM {settings.pg_schema}.audit_log")
-    assert row is not None and row["action"] == "db-init"
-    assert row["actor"] == getpass.getuser()
-    assert orjson.loads(row["details"])["schema"] == settings.pg_schema
+    rows = await pg.fetch(
+        f"SELECT action, actor, details FROM {settings.pg_schema}.audit_log ORDER BY id"
+    )
+    assert [(r["action"], r["actor"]) for r in rows] == [("db-init", getpass.getuser())] * 2
+    assert orjson.loads(rows[0]["details"])["schema"] == settings.pg_schema
 
 
 async def test_train_is_audited(settings: Settings, pg: asyncpg.Connection) -> None:

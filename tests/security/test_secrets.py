@@ -34,7 +34,13 @@ MASKED_DSN = f"postgresql://sepstream:***@{_PG_AT}"
 def _secret_env(tmp_path: Path) -> dict[str, str]:
     """Secrets as an operator passes them: a mounted file each, and a DSN carrying one."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SEPSTREAM_")}
-    for name, value in (("REDIS_PASSWORD", REDIS_SECRET), ("KAFKA_SASL_PASSWORD", SASL_SECRET)):
+    for name, value in (
+        ("REDIS_PASSWORD", REDIS_SECRET),
+        ("KAFKA_SASL_PASSWORD", SASL_SECRET),
+        # the worker's and the readers' roles: as wrong as the owner's in the DSN
+        ("PG_WRITER_PASSWORD", PG_SECRET),
+        ("PG_READER_PASSWORD", PG_SECRET),
+    ):
         (tmp_path / name).write_text(value + "\n")
         env[f"SEPSTREAM_{name}_FILE"] = str(tmp_path / name)
     ns = f"t{uuid.uuid4().hex[:10]}"

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import numpy as np
 import orjson
 import pytest
 
-from schemas.batch import DECODE_CACHE, CodecError, DecodeCache, MarketEventBatch, decode_batch
+from schemas.batch import (
+    COLUMNS,
+    DECODE_CACHE,
+    CodecError,
+    DecodeCache,
+    MarketEventBatch,
+    decode_batch,
+)
 from schemas.events import Kind
 
 
@@ -216,3 +224,162 @@ def test_an_event_count_beyond_the_record_is_malformed_not_allocated() -> None:
     with pytest.raises(CodecError) as err:
         decode_batch(orjson.dumps({**_doc(), "n": 10**15}))
     assert err.value.reason == "malformed"
+
+
+# ---- exact shapes: every column 1-D, n values, its dtype; anything else flagged or refused ----
+
+_NESTED_AND_ODD: list[object] = [
+    [1.0],  # one-element nested: np.asarray made this a 2-D column that passed validation
+    [[1.0]],
+    [1.0, 2.0],
+    [],
+    {},
+    {"v": 1.0},
+    "1.0",
+    "NaN",
+    "Infinity",
+    "1e999",
+    True,
+    False,
+]
+
+
+@pytest.mark.parametrize("value", _NESTED_AND_ODD)
+@pytest.mark.parametrize("column", ["price", "size", "ts_event", "ts_recv", "trade_id", "side"])
+def test_odd_values_are_flagged_per_event_in_every_column(column: str, value: object) -> None:
+    good: dict[str, object] = {
+        "price": 1.0,
+        "size": 1.0,
+        "ts_event": 1,
+        "ts_recv": 1,
+        "trade_id": 1,
+        "side": 1,
+    }
+    cols = {name: [v, v] for name, v in good.items()}
+    cols[column] = [value, good[column]]
+    batch = decode_batch(orjson.dumps(_doc(**cols)))
+    _assert_exact(batch, 2)
+    assert batch.bad_type is not None and batch.bad_type.tolist() == [True, False]
+
+
+@pytest.mark.parametrize(
+    ("values", "dtype", "bad"),
+    [
+        ([[1.0], [2.0]], "f8", [True, True]),  # equal-length nesting: was a (2, 1) array
+        ([[1.0], [2.0, 3.0]], "f8", [True, True]),  # ragged: was a ValueError
+        ([True, 1.0], "f8", [True, False]),  # was silently 1.0
+        ([1, 2.5], "f8", [False, False]),  # ints are numbers
+        ([2**63, 1.0], "f8", [False, False]),  # int64 max + 1 is still a number
+        ([None, 1.0], "f8", [True, False]),  # null in a required column
+        ([1, True], "i8", [False, True]),
+        ([1.0, 2], "i8", [True, False]),  # a float in an int column, even an integral one
+        ([-0.0, 2], "i8", [True, False]),
+        ([2**63, -(2**63)], "i8", [True, False]),  # beyond int64 / int64 min
+        ([18446744073709551615, 1], "i8", [True, False]),  # u64 max (orjson reads it)
+        ([[1], [2]], "i8", [True, True]),
+    ],
+)
+def test_column_shapes_and_types_are_exact(
+    values: list[object], dtype: str, bad: list[bool]
+) -> None:
+    column = "price" if dtype == "f8" else "ts_event"
+    batch = decode_batch(orjson.dumps(_doc(**{column: values})))
+    _assert_exact(batch, 2)
+    got = batch.bad_type.tolist() if batch.bad_type is not None else [False, False]
+    assert got == bad
+
+
+def test_numbers_beyond_64_bits_are_wrong_type_in_int_columns() -> None:
+    # orjson reads integers beyond 64 bits as floats: not an int64, so the wrong type
+    text = b'{"v":1,"kind":"trade","venue":"binance","symbol":"BTC-USDT","n":2,"cols":{'
+    text += b'"ts_event":[100000000000000000000000000000,1],"ts_recv":[1,-9223372036854775809],'
+    text += b'"price":[100000000000000000000000000000,1e308],"size":[1e-320,-0.0]}}'
+    batch = decode_batch(text)
+    _assert_exact(batch, 2)
+    assert batch.bad_type is not None and batch.bad_type.tolist() == [True, True]
+    assert batch.cols["price"].tolist() == [1e29, 1e308]  # numbers: validation bounds them
+    assert np.signbit(batch.cols["size"][1]) and batch.cols["size"][0] == 1e-320
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"price": [1.0]},  # too short
+        {"price": [1.0, 2.0, 3.0]},  # too long
+        {"price": 1.0},  # a scalar, not a list
+        {"price": {"0": 1.0, "1": 2.0}},
+        {"price": "1.0,2.0"},
+        {"ts_event": None},  # a required column as a whole null: missing
+        {"side": [1]},  # an optional column present but of the wrong length
+        {"seq": 5},
+    ],
+)
+def test_a_column_of_the_wrong_length_or_kind_rejects_the_record(change: dict[str, object]) -> None:
+    with pytest.raises(CodecError) as err:
+        decode_batch(orjson.dumps(_doc(**change)))
+    assert err.value.reason == "malformed"
+
+
+@pytest.mark.parametrize(
+    ("envelope", "reason"),
+    [
+        ({"v": True}, "unknown_version"),  # equals 1, but is no version
+        ({"v": 1.0}, "unknown_version"),
+        ({"v": "1"}, "unknown_version"),
+        ({"kind": ["trade"]}, "unknown_kind"),  # unhashable: was a TypeError
+        ({"kind": {"k": 1}}, "unknown_kind"),
+        ({"kind": None}, "unknown_kind"),
+        ({"n": 2.0}, "malformed"),
+        ({"n": "2"}, "malformed"),
+        ({"n": -2}, "malformed"),
+        ({"n": [2]}, "malformed"),
+        ({"venue": ["binance"]}, "malformed"),
+        ({"symbol": None}, "malformed"),
+        ({"symbol": ""}, "malformed"),
+        ({"symbol": "B" * 65}, "malformed"),  # not a name: would fill every dead letter
+        ({"cols": [1, 2]}, "malformed"),
+        ({"stamps": [1]}, "malformed"),
+        ({"kind": "bar", "tf": ["1m"]}, "malformed"),
+        ({"kind": "bar", "tf": "1" * 65}, "malformed"),
+        ({"kind": "gap", "reason": 5}, "malformed"),
+    ],
+)
+def test_envelope_fields_of_the_wrong_type_reject_the_record(
+    envelope: dict[str, object], reason: str
+) -> None:
+    with pytest.raises(CodecError) as err:
+        decode_batch(orjson.dumps({**_doc(), **envelope}))
+    assert err.value.reason == reason
+
+
+def test_stamps_keep_int64_only_and_tf_reason_their_kinds_only() -> None:
+    stamps = {"a": 1, "b": True, "c": 2**63, "d": "x", "e": [1], "f": -5}
+    batch = decode_batch(orjson.dumps({**_doc(), "stamps": stamps, "tf": "1m", "reason": "r"}))
+    assert batch.stamps == {"a": 1, "f": -5}
+    assert batch.timeframe is None and batch.reason is None  # a trade has neither
+    batch.encode()  # re-encodable: what validate does with a partly valid record
+
+
+def test_dead_letter_events_are_always_writable() -> None:
+    deep: object = 1.0
+    for _ in range(400):  # deeper than orjson writes (255), shallower than it reads (1024)
+        deep = [deep]
+    doc = _doc(price=[deep, 1.0], size=[{"k": [1, 2]}, 1.0])
+    doc["cols"]["extra"] = 5  # type: ignore[index]  # not per-event: left out
+    doc["cols"]["short"] = [1]  # type: ignore[index]
+    batch = decode_batch(json.dumps(doc).encode())  # orjson cannot write it
+    assert batch.bad_type is not None and batch.bad_type.tolist() == [True, False]
+    event = batch.raw_event(0)
+    assert isinstance(event["price"], str) and event["price"].startswith("[[[")
+    assert event["size"] == {"k": [1, 2]}
+    assert "extra" not in event and "short" not in event
+    orjson.dumps(event)
+
+
+def _assert_exact(batch: MarketEventBatch, n: int) -> None:
+    assert len(batch) == n
+    for name, spec in COLUMNS[batch.kind].items():
+        col = batch.cols[name]
+        assert col.shape == (n,) and col.dtype == spec.dtype, (name, col.shape, col.dtype)
+    if batch.bad_type is not None:
+        assert batch.bad_type.shape == (n,) and batch.bad_type.dtype == np.bool_

@@ -4,7 +4,7 @@ import asyncio
 
 import pytest
 
-from agents.sinks import delivered
+from agents.delivery import delivered
 
 
 async def test_a_stopped_wait_leaves_the_deliveries_to_the_producer() -> None:
