@@ -47,10 +47,10 @@ from kernels.bars import Bar, BarBook, Emitted, MultiBook, bars_to_columns
 from schemas.batch import CodecError, MarketEventBatch, decode_batch
 from schemas.deadletter import dead_letter
 from schemas.events import NS_PER_S, TIMEFRAMES, Kind
-from streams.app import Topics
-from streams.metrics import BARS_CLOSED, BARS_CORRECTED, DEAD_LETTERS
+from streams.ops.metrics import BARS_CLOSED, BARS_CORRECTED, DEAD_LETTERS
 from streams.settings import Settings
 from streams.sinks.redis import FormingBarWriter
+from streams.topics import Topics
 
 log = structlog.get_logger(__name__)
 STAGE: Final = "bars"

@@ -17,7 +17,7 @@ CORRECTED, or a re-emission) replaces that minute's close, and every held window
 contains it is recomputed and re-emitted; an identical close changes nothing; a bar older
 than the held history is ignored (no window this agent can still emit contains it).
 
-Library: every worker follows md.model.paths (`streams.library.follow`); a new library is
+Library: every worker follows md.model.paths (`streams.model.library.follow`); a new library is
 used from the next micro-batch on, logged with its version. Until the first catch-up of
 the topic ends (at most `library_wait_s`), damping waits, so a restarted worker does not
 emit a batch with the built-in library when a trained one is published.
@@ -47,11 +47,11 @@ from kernels.damping import DampingResult, damp, resolve_backend
 from schemas.batch import CodecError, decode_batch
 from schemas.events import Kind
 from schemas.signal import Signal, decode_signal
-from streams.app import Topics
-from streams.library import Library, follow
-from streams.metrics import KERNEL_SECONDS
+from streams.model.library import Library, follow
+from streams.ops.metrics import KERNEL_SECONDS
 from streams.settings import Settings
 from streams.sinks.signals import SignalRedisWriter, SignalTimescaleWriter
+from streams.topics import Topics
 
 log = structlog.get_logger(__name__)
 STAGE: Final = "damping"

@@ -9,7 +9,7 @@ from typing import Any
 
 import structlog
 
-from streams.metrics import SINK_RETRIES
+from streams.ops.metrics import SINK_RETRIES
 
 log = structlog.get_logger(__name__)
 

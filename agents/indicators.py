@@ -46,10 +46,10 @@ from kernels.indicators import IndicatorConfig, IndicatorState
 from schemas.batch import CodecError, decode_batch
 from schemas.events import Kind
 from schemas.indicator import IndicatorRecord, decode_indicator, value_or_none
-from streams.app import Topics
-from streams.metrics import KERNEL_SECONDS
+from streams.ops.metrics import KERNEL_SECONDS
 from streams.settings import Settings
 from streams.sinks.indicators import IndicatorRedisWriter, IndicatorTimescaleWriter
+from streams.topics import Topics
 
 log = structlog.get_logger(__name__)
 STAGE: Final = "indicators"

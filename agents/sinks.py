@@ -28,8 +28,7 @@ from agents.delivery import delivered, retry_forever
 from agents.stage import STAGE_ERROR, track
 from schemas.batch import CodecError, MarketEventBatch, decode_batch
 from schemas.deadletter import dead_letter
-from streams.app import Topics
-from streams.metrics import (
+from streams.ops.metrics import (
     DEAD_LETTERS,
     SINK_BUFFERED,
     SINK_LATENCY,
@@ -40,6 +39,7 @@ from streams.metrics import (
 from streams.settings import Settings
 from streams.sinks.redis import RedisWriter
 from streams.sinks.timescale import TimescaleWriter
+from streams.topics import Topics
 
 log = structlog.get_logger(__name__)
 

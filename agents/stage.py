@@ -34,7 +34,7 @@ import structlog
 
 from agents.delivery import delivered, retry_forever
 from schemas.deadletter import dead_letter
-from streams.metrics import DEAD_LETTERS, EVENTS_IN
+from streams.ops.metrics import DEAD_LETTERS, EVENTS_IN
 from streams.settings import Settings
 
 log = structlog.get_logger(__name__)

@@ -19,9 +19,9 @@ from agents.stage import Output, Stage
 from kernels.validation import ValidationRules, Validator, source_id
 from schemas.batch import CodecError, decode_batch
 from schemas.deadletter import dead_letter
-from streams.app import Topics
-from streams.metrics import BATCH_EVENTS, DEAD_LETTERS, EVENTS_IN, EVENTS_OUT
+from streams.ops.metrics import BATCH_EVENTS, DEAD_LETTERS, EVENTS_IN, EVENTS_OUT
 from streams.settings import Settings
+from streams.topics import Topics
 
 log = structlog.get_logger(__name__)
 STAGE: Final = "validate"

@@ -34,13 +34,13 @@ from typing import Any
 import orjson
 
 from schemas.events import Kind
-from streams.collectors.base import Collector
-from streams.collectors.binance import BinanceCollector
-from streams.collectors.coinbase import CoinbaseCollector
-from streams.collectors.kraken import KrakenCollector
-from streams.collectors.oanda import OandaCollector
-from streams.logs import configure_logging
+from streams.ops.logs import configure_logging
 from streams.settings import Settings
+from streams.venues.base import Collector
+from streams.venues.binance import BinanceCollector
+from streams.venues.coinbase import CoinbaseCollector
+from streams.venues.kraken import KrakenCollector
+from streams.venues.oanda import OandaCollector
 
 FIXTURES = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "venues"
 T0_MS = 1_767_225_600_000  # 2026-01-01T00:00Z

@@ -95,11 +95,13 @@ from bench.pipeline import (
     watch,
 )
 from schemas.events import Kind
-from streams.inspect import ensure_topics, hot_topics, service_versions
-from streams.logs import configure_logging
-from streams.producer import BatchingProducer
+from streams.kafka.admin import ensure_topics
+from streams.kafka.producer import BatchingProducer
+from streams.ops.logs import configure_logging
+from streams.ops.services import service_versions
 from streams.settings import Settings
 from streams.sources import synthetic
+from streams.topics import hot_topics
 from streams.worker_process import WorkerProcess
 
 log = structlog.get_logger("bench.e2e")

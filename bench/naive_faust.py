@@ -35,7 +35,7 @@ from bench.per_record import TICK_COLUMNS, Outcome, PerRecordCore, SinkBuffer
 from schemas.deadletter import dead_letter
 from schemas.events import SCHEMA_VERSION
 from streams.app import new_faust_app
-from streams.logs import configure_logging
+from streams.ops.logs import configure_logging
 from streams.settings import Settings
 
 log = structlog.get_logger(__name__)

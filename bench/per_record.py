@@ -35,7 +35,7 @@ from schemas.batch import MarketEventBatch
 from schemas.events import NS_PER_S, SCHEMA_VERSION, SYMBOL_RE, TIMEFRAMES, VENUE_RE, Kind
 from schemas.indicator import IndicatorRecord, value_or_none
 from schemas.signal import Signal
-from streams.library import Library
+from streams.model.library import Library
 from streams.settings import Settings
 from streams.sinks.indicators import IndicatorRedisWriter, IndicatorTimescaleWriter
 from streams.sinks.redis import RedisWriter

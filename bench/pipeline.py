@@ -74,19 +74,15 @@ from schemas.batch import MarketEventBatch
 from schemas.ddl import core_ddl
 from schemas.events import Kind
 from schemas.pgcopy import HEADER, TRAILER, encode_rows
-from streams.connections import stop_consumer
-from streams.inspect import (
-    ensure_topics,
-    hot_topics,
-    partitions_of,
-    redis_keys,
-    service_versions,
-)
-from streams.logs import configure_logging
-from streams.producer import BatchingProducer
+from streams.kafka.admin import ensure_topics, partitions_of
+from streams.kafka.clients import stop_consumer
+from streams.kafka.producer import BatchingProducer
+from streams.ops.logs import configure_logging
+from streams.ops.services import redis_keys, service_versions
 from streams.settings import Settings
 from streams.sinks.timescale import TABLES
 from streams.sources import synthetic
+from streams.topics import hot_topics
 from streams.worker_process import WorkerProcess
 
 log = structlog.get_logger("bench.pipeline")
@@ -224,7 +220,7 @@ class PerEventProducer:
         self._producer: AIOKafkaProducer | None = None
 
     async def __aenter__(self) -> PerEventProducer:
-        # the same client settings as streams.producer.BatchingProducer
+        # the same client settings as streams.kafka.producer.BatchingProducer
         self._producer = AIOKafkaProducer(
             bootstrap_servers=self.settings.kafka_bootstrap,
             linger_ms=5,
@@ -352,7 +348,7 @@ class Observer:
     Polls compete with the worker for this 2-core machine, so they must stay cheap: the
     output topics are read incrementally (each record once), log ends come from the
     fetches' high-water marks (the dev broker's ListOffsets under-reports, see
-    `streams.inspect.end_offsets`), committed offsets from one ListConsumerGroupOffsets, and
+    `streams.kafka.admin.end_offsets`), committed offsets from one ListConsumerGroupOffsets, and
     PostgreSQL is asked for count(*) only once Kafka says everything is through.
     """
 

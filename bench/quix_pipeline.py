@@ -33,7 +33,7 @@ from quixstreams.sinks import BaseSink
 from bench.naive_faust import BARS, DLQ, FIRST_RECORD_KEY, TRADES
 from bench.per_record import Outcome, PerRecordCore, SinkBuffer
 from schemas.deadletter import dead_letter
-from streams.logs import configure_logging
+from streams.ops.logs import configure_logging
 from streams.settings import Settings
 
 log = structlog.get_logger(__name__)

@@ -1,4 +1,4 @@
-"""Benchmark of the bar read path (streams.readpath): latency of a Redis hit and of a
+"""Benchmark of the bar read path (streams.query.bars): latency of a Redis hit and of a
 TimescaleDB read, `limit` bars per request, against the running dev services.
 
     python -m bench.readpath --limit 500 --requests 400 --repeat 5 --json
@@ -32,8 +32,8 @@ import redis.asyncio as aioredis
 
 from schemas.batch import MarketEventBatch
 from schemas.events import Kind
-from streams.logs import configure_logging
-from streams.readpath import BarReader, BarsRequest
+from streams.ops.logs import configure_logging
+from streams.query.bars import BarReader, BarsRequest
 from streams.settings import Settings
 from streams.sinks.redis import RedisWriter
 from streams.sinks.timescale import TimescaleWriter

@@ -41,11 +41,12 @@ import psutil
 import structlog
 
 from bench.pipeline import cleanup
-from streams.inspect import dead_letter_reasons, end_offsets, ensure_topics, group_lag, hot_topics
-from streams.logs import configure_logging
-from streams.producer import BatchingProducer
+from streams.kafka.admin import dead_letter_reasons, end_offsets, ensure_topics, group_lag
+from streams.kafka.producer import BatchingProducer
+from streams.ops.logs import configure_logging
 from streams.settings import Settings
 from streams.sources import synthetic
+from streams.topics import hot_topics
 from streams.worker_process import WorkerProcess
 from tests.fixtures.bad_input import corpus_settings, load
 

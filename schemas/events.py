@@ -20,7 +20,7 @@ SYMBOL_RE: Final = re.compile(r"\A[A-Z0-9]{1,16}-[A-Z0-9]{1,16}\Z")
 VENUE_RE: Final = re.compile(r"\A[a-z][a-z0-9_]{0,31}\Z")
 MAX_SYMBOL_CHARS: Final = 33  # the longest SYMBOL_RE allows
 MAX_VENUE_CHARS: Final = 32  # the longest VENUE_RE allows
-# Why a collector wrote a gap marker (streams/collectors/base.py); validation rejects others.
+# Why a collector wrote a gap marker (streams/venues/base.py); validation rejects others.
 GAP_REASONS: Final = frozenset({"reconnect", "resubscribe", "sequence_gap", "unsubscribed"})
 
 TIMEFRAMES: Final[dict[str, int]] = {

@@ -3,61 +3,16 @@
 from __future__ import annotations
 
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import faust
 
-from streams.connections import kafka_credentials
+from agents import bars, damping, indicators, lag_monitor, sinks, validate
+from streams.kafka import commit_watchdog
+from streams.kafka.clients import kafka_credentials
+from streams.ops import web
 from streams.settings import Settings
-
-
-@dataclass(frozen=True)
-class Topics:
-    trades: faust.TopicT
-    events: faust.TopicT
-    bars: faust.TopicT
-    dlq: faust.TopicT
-    signals: faust.TopicT
-    indicators: faust.TopicT
-    model: faust.TopicT  # compacted, one partition: the newest path library under key "paths"
-
-
-TOPIC_NAMES = {
-    "trades": "md.trades.v1",
-    "events": "md.events.v1",
-    "bars": "md.bars.v1",
-    "dlq": "md.dlq.v1",
-    "signals": "md.signals.v1",
-    "indicators": "md.indicators.v1",
-}
-# Not a hot topic: compacted, read whole by every worker (streams.library), not by a group.
-MODEL_TOPIC = "md.model.paths"
-
-
-def make_topics(app: faust.App, settings: Settings) -> Topics:
-    """Hot topics carry raw bytes: our orjson codec decodes them, so bad bytes reach the DLQ."""
-    made = {
-        attr: app.topic(
-            settings.topic(name),
-            key_type=bytes,
-            value_type=bytes,
-            key_serializer="raw",
-            value_serializer="raw",
-            partitions=settings.partitions,
-        )
-        for attr, name in TOPIC_NAMES.items()
-    }
-    model = app.topic(
-        settings.topic(MODEL_TOPIC),
-        key_type=bytes,
-        value_type=bytes,
-        key_serializer="raw",
-        value_serializer="raw",
-        partitions=1,
-        compacting=True,
-    )
-    return Topics(**made, model=model)
+from streams.topics import make_topics
 
 
 def new_faust_app(settings: Settings, *, web_enabled: bool = True) -> faust.App:
@@ -95,21 +50,17 @@ def new_faust_app(settings: Settings, *, web_enabled: bool = True) -> faust.App:
 
 
 def create_app(settings: Settings) -> faust.App:
-    from streams import commit_watchdog
 
     commit_watchdog.install_strict_consumer(settings.kafka_fetch_max_wait_ms)
     app = new_faust_app(settings)
     topics = make_topics(app, settings)
-
-    from agents import bars, damping, indicators, lag, sinks, validate
-    from streams import web
 
     validate.register(app, topics, settings)
     bars.register(app, topics, settings)
     sinks.register(app, topics, settings)
     damping.register(app, topics, settings)
     indicators.register(app, topics, settings)
-    lag.register(app, topics, settings)
+    lag_monitor.register(app, topics, settings)
     web.register(app, settings)
     commit_watchdog.register(app)
     return app

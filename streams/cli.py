@@ -14,8 +14,8 @@ from rich.console import Console
 from rich.table import Table
 
 from kernels.damping import resolve_backend
-from kernels.placement import Placement, apply, discover, plan
-from streams.logs import configure_logging
+from streams.ops.logs import configure_logging
+from streams.ops.placement import Placement, apply, discover, plan
 from streams.settings import Settings
 
 out = Console()
@@ -87,7 +87,7 @@ def worker(cpu_bind: str, worker_index: int, workers: int) -> None:
     import structlog
 
     from streams.app import create_app
-    from streams.inspect import ensure_app_topics
+    from streams.kafka.admin import ensure_app_topics
 
     settings = _settings()
     log = structlog.get_logger("sepstream.worker")
@@ -149,8 +149,10 @@ def demo(events: int, seed: int, source: str, services: bool, as_json: bool) -> 
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
 def status(as_json: bool) -> None:
     """Connections, consumer lag of the worker group, stored rows and cached keys."""
-    from streams import health
-    from streams.inspect import group_lag, hot_topics, redis_keys, service_versions, table_counts
+    from streams.kafka.admin import group_lag
+    from streams.ops import health
+    from streams.ops.services import redis_keys, service_versions, table_counts
+    from streams.topics import hot_topics
 
     settings = _settings()
 
@@ -201,8 +203,8 @@ def lag(groups: tuple[str, ...], watch: bool, samples: int, interval: float, as_
 
     from rich.live import Live
 
-    from kernels.lagstatus import Status
-    from streams.lag import LagCollector, LagMonitor, judged
+    from kernels.lag_status import Status
+    from streams.ops.consumer_lag import LagCollector, LagMonitor, judged
 
     settings = _settings()
     wanted = list(groups) or None
@@ -281,9 +283,9 @@ def train(  # click passes the options by name
     as_json: bool,
 ) -> None:
     """Train a path library from the 1m bars in TimescaleDB, store it and publish it."""
-    from streams import library as lib
-    from streams.audit import audit
-    from streams.connections import pg_connect
+    from streams.model import library as lib
+    from streams.stores.audit import audit
+    from streams.stores.connections import pg_connect
 
     settings = _settings()
     start = lib.parse_since(since) if since else None
@@ -348,8 +350,8 @@ def train(  # click passes the options by name
 def db_init(as_json: bool) -> None:
     """As the schema owner: create the namespace's tables and policies, the writer/reader
     roles (SEPSTREAM_PG_WRITER_USER / _READER_USER) and their grants. Idempotent, audited."""
-    from streams.audit import audit
-    from streams.provision import provision
+    from streams.stores.audit import audit
+    from streams.stores.provision import provision
 
     settings = _settings()
 
@@ -380,8 +382,8 @@ def db_init(as_json: bool) -> None:
 )
 def collect(venue: str, symbols: str | None) -> None:
     """Collect one venue's trades, quotes and bars into md.trades.v1 until SIGINT/SIGTERM."""
-    from streams.collectors import normalize_symbols, run_collector
-    from streams.collectors.base import MalformedFrameError
+    from streams.venues import normalize_symbols, run_collector
+    from streams.venues.base import MalformedFrameError
 
     settings = _settings()
     given = symbols.split(",") if symbols is not None else list(settings.symbols)
@@ -440,15 +442,16 @@ def symbols_list(venue: str | None, as_json: bool) -> None:
     """The latest decision per instrument on the control topic."""
     from datetime import UTC, datetime
 
-    from streams.collectors.subscriptions import CONTROL_TOPIC, ControlReader
+    from streams.topics import SUBSCRIPTIONS_TOPIC
+    from streams.venues.subscriptions import ControlReader
 
     settings = _settings()
     decisions = asyncio.run(ControlReader(settings, venue).read_all())
     rows = [d.as_dict() for _, d in sorted(decisions.items())]
     if as_json:
-        _print_json({"topic": settings.topic(CONTROL_TOPIC), "subscriptions": rows})
+        _print_json({"topic": settings.topic(SUBSCRIPTIONS_TOPIC), "subscriptions": rows})
         return
-    table = Table(title=f"sepstream symbols — {settings.topic(CONTROL_TOPIC)}")
+    table = Table(title=f"sepstream symbols — {settings.topic(SUBSCRIPTIONS_TOPIC)}")
     for column in ("venue", "symbol", "active", "since", "by"):
         table.add_column(column)
     for r in rows:
@@ -459,9 +462,10 @@ def symbols_list(venue: str | None, as_json: bool) -> None:
 
 
 def _change_symbols(venue: str, symbols: str, *, active: bool, as_json: bool) -> None:
-    from streams.collectors import normalize_symbols
-    from streams.collectors.base import MalformedFrameError
-    from streams.collectors.subscriptions import CONTROL_TOPIC, Subscription, publish
+    from streams.topics import SUBSCRIPTIONS_TOPIC
+    from streams.venues import normalize_symbols
+    from streams.venues.base import MalformedFrameError
+    from streams.venues.subscriptions import Subscription, publish
 
     settings = _settings()
     try:
@@ -470,7 +474,7 @@ def _change_symbols(venue: str, symbols: str, *, active: bool, as_json: bool) ->
         raise click.BadParameter(str(exc), param_hint="--symbols") from None
     if not wanted:
         raise click.BadParameter("no symbols given", param_hint="--symbols")
-    from streams.audit import audit
+    from streams.stores.audit import audit
 
     async def run() -> list[Subscription]:
         action = "subscription.add" if active else "subscription.remove"
@@ -481,13 +485,13 @@ def _change_symbols(venue: str, symbols: str, *, active: bool, as_json: bool) ->
     if as_json:
         _print_json(
             {
-                "topic": settings.topic(CONTROL_TOPIC),
+                "topic": settings.topic(SUBSCRIPTIONS_TOPIC),
                 "changes": [c.as_dict() for c in changes],
             }
         )
         return
     verb = "subscribed" if active else "unsubscribed"
-    out.print(f"{venue}: {verb} {', '.join(wanted)} ({settings.topic(CONTROL_TOPIC)})")
+    out.print(f"{venue}: {verb} {', '.join(wanted)} ({settings.topic(SUBSCRIPTIONS_TOPIC)})")
 
 
 @main.command()
@@ -505,10 +509,10 @@ def backfill(venue: str, symbol: str, start: str, end: str | None, as_json: bool
     """Fill the 1m bars missing from TimescaleDB in [--from, --to) from the venue's REST API."""
     from datetime import UTC, datetime
 
-    from streams.collectors import normalize_symbols
-    from streams.collectors.backfill import backfill as run_backfill
-    from streams.collectors.base import MalformedFrameError
-    from streams.library import parse_since
+    from streams.model.library import parse_since
+    from streams.venues import normalize_symbols
+    from streams.venues.backfill import backfill as run_backfill
+    from streams.venues.base import MalformedFrameError
 
     settings = _settings()
     try:
@@ -555,7 +559,7 @@ def bars(  # click passes the options by name
     as_json: bool,
 ) -> None:
     """Read bars: Redis, else TimescaleDB, else the venue's REST API (stored back)."""
-    from streams.readpath import BadRequestError, BarReader, BarsRequest, NotFoundError
+    from streams.query.bars import BadRequestError, BarReader, BarsRequest, NotFoundError
 
     settings = _settings()
     try:
@@ -632,7 +636,7 @@ def replay(  # click passes the options by name
     as_json: bool,
 ) -> None:
     """Replay a time range of the input topic into NAMESPACE, processed by its own worker."""
-    from streams import replay as rp
+    from streams.backtest import replay as rp
 
     settings = _settings()
     try:
@@ -647,7 +651,7 @@ def replay(  # click passes the options by name
         rp.target_settings(settings, namespace)  # refuses a namespace that is not isolated
     except (ValueError, rp.IsolationError) as exc:
         raise click.UsageError(str(exc)) from None
-    from streams.audit import audit
+    from streams.stores.audit import audit
 
     async def run() -> rp.ReplaySummary:
         details = {"namespace": namespace, "from": start, "to": end, "symbols": symbols}
@@ -690,8 +694,8 @@ def _print_summary(s: dict[str, Any]) -> None:
 
 async def _library_version(settings: Settings) -> str:
     """The newest stored path library (what running workers swap to), else the built-in."""
-    from streams.connections import pg_connect
-    from streams.library import load_latest
+    from streams.model.library import load_latest
+    from streams.stores.connections import pg_connect
 
     conn = await pg_connect(settings, "reader")
     try:

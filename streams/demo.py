@@ -17,20 +17,20 @@ from typing import Any
 import structlog
 
 from schemas.ddl import check_ident
-from streams.connections import pg_connect, redis_client
-from streams.inspect import (
+from streams.kafka.admin import (
     count_events,
     dead_letter_reasons,
     end_offsets,
     ensure_topics,
     group_lag,
-    hot_topics,
-    redis_keys,
-    table_counts,
 )
-from streams.producer import BatchingProducer
-from streams.provision import provision
+from streams.kafka.producer import BatchingProducer
+from streams.ops.services import redis_keys, table_counts
 from streams.settings import Settings
+from streams.sources import csvfile, synthetic
+from streams.stores.connections import pg_connect, redis_client
+from streams.stores.provision import provision
+from streams.topics import hot_topics
 from streams.worker_process import WorkerProcess
 
 log = structlog.get_logger(__name__)
@@ -67,9 +67,8 @@ def start_services() -> None:
 
 
 async def produce(settings: Settings, source: str, events: int, seed: int) -> int:
-    from streams.sources import csvfile, synthetic
 
-    async with BatchingProducer(settings, settings.topic("md.trades.v1")) as producer:
+    async with BatchingProducer(settings, hot_topics(settings)["trades"]) as producer:
         if source == "synthetic":
             start = synthetic.default_window(events, 100.0, time.time_ns())
             return await synthetic.produce(producer, seed, events, start_ns=start)

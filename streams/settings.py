@@ -57,7 +57,7 @@ class Settings:
     pg_reader_user: str = "sepstream_reader"
     pg_reader_password: str = field(default="sepstream_reader", repr=False)
     # A writer connection to a namespace whose schema is missing has the owner provision it
-    # first (needs the owner's password; streams/provision.py). false: `db-init` only.
+    # first (needs the owner's password; streams/stores/provision.py). false: `db-init` only.
     pg_auto_provision: bool = True
     redis_password: str = field(default="", repr=False)
     redis_ca_file: str = ""  # verify a rediss:// server against this CA (else the system's)
@@ -147,7 +147,7 @@ class Settings:
     commit_interval_s: float = 1.0
     # Longest a fetch waits for data. Kafka answers as soon as data arrives; the dev broker
     # (Tansu) waits it out, so it bounds the latency each pipeline hop adds there. The base:
-    # it grows while the broker answers empty with a backlog waiting (streams/fetchwait.py).
+    # it grows while the broker answers empty with a backlog waiting (streams/kafka/fetchwait.py).
     kafka_fetch_max_wait_ms: int = 10
     # venue collectors (`sepstream collect`): endpoints are settings so tests and proxies
     # can point a collector elsewhere; the defaults are the venues' public endpoints
@@ -169,9 +169,9 @@ class Settings:
     oanda_rest_url: str = "https://api-fxpractice.oanda.com"  # candles; token as for streaming
     backfill_requests_per_s: float = 5.0  # klines cost weight 2 of Binance's 6000/min
     backfill_max_retries: int = 5  # per request, on 429/418/5xx and connection errors
-    # operators' view: lag monitor (agents/lag.py, `sepstream lag`), data health alerts
+    # operators' view: lag monitor (agents/lag_monitor.py, `sepstream lag`), data health alerts
     lag_interval_s: float = 5.0  # seconds between lag samples
-    lag_window: int = 10  # samples per Burrow-style window (kernels/lagstatus.py)
+    lag_window: int = 10  # samples per Burrow-style window (kernels/lag_status.py)
     lag_history: int = 720  # per-group lag points kept for /lag and /dashboard
     freshness_alert_s: float = 300.0  # an instrument with no tick for longer is stale
     quality_window_s: float = 900.0  # accepted vs dead-lettered counted over this window

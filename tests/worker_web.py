@@ -1,4 +1,4 @@
-"""The worker's HTTP routes served in the test's own process, without Kafka: `streams.web`
+"""The worker's HTTP routes served in the test's own process, without Kafka: `streams.ops.web`
 registered on a Faust app exactly as `sepstream worker` does it, on an ephemeral port."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from aiohttp import web as aioweb
 from aiohttp.test_utils import TestClient, TestServer
 from faust.web.drivers.aiohttp import Web as AiohttpWeb
 
-from streams import web
 from streams.app import new_faust_app
+from streams.ops import web
 from streams.settings import Settings
 
 type WebClient = TestClient[aioweb.Request, aioweb.Application]

@@ -8,9 +8,10 @@ import asyncpg
 import redis.asyncio as aioredis
 
 from schemas.pgcopy import HEADER, TRAILER
-from streams.connections import pg_pool, redis_client, writer_owns_schema
 from streams.settings import Settings
 from streams.sinks.timescale import staged_upsert
+from streams.stores.connections import redis_client, writer_owns_schema
+from streams.stores.provision import writer_pool
 
 
 class PgWriter:
@@ -28,7 +29,7 @@ class PgWriter:
 
     async def start(self) -> None:
         if self.pool is None:
-            self.pool = await pg_pool(self.settings, "writer", min_size=1, max_size=2)
+            self.pool = await writer_pool(self.settings, min_size=1, max_size=2)
             if not writer_owns_schema(self.settings):
                 return  # a writer without DDL rights: `sepstream db-init` made the tables
             try:

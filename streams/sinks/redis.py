@@ -9,7 +9,7 @@ Keys (prefix `md:` live, `<namespace>:md:` in a namespace):
   {p}forming:1m:{venue}:{symbol}     string, JSON array of the instrument's forming 1m bars
                                      (members as in `bars:`), replaced whole per write, deleted
                                      when none is forming (TTL redis_forming_ttl_s)
-  {p}stats:readpath                  hash, read-path hit/miss counts (streams.readpath)
+  {p}stats:readpath                  hash, read-path hit/miss counts (streams.query.bars)
 Every command is idempotent, so a redelivered write leaves the same state.
 """
 
@@ -28,7 +28,7 @@ import structlog
 from kernels.bars import Bar, bars_to_columns
 from schemas.batch import MarketEventBatch
 from schemas.events import TIMEFRAMES, Kind
-from streams.metrics import FORMING_WRITE_ERRORS
+from streams.ops.metrics import FORMING_WRITE_ERRORS
 from streams.settings import Settings
 from streams.sinks.base import RedisClientWriter
 
@@ -190,5 +190,5 @@ class FormingBarWriter(RedisClientWriter):
 
 
 def read_stats_key(prefix: str) -> str:
-    """Hash of read-path counters, fields `{tier}:{result}` (see streams.readpath)."""
+    """Hash of read-path counters, fields `{tier}:{result}` (see streams.query.bars)."""
     return f"{prefix}stats:readpath"

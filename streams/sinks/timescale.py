@@ -23,8 +23,9 @@ from schemas.batch import MarketEventBatch
 from schemas.ddl import core_ddl, drop_chunks_sql, policy_ddl, prune_trade_ids_sql
 from schemas.events import Kind
 from schemas.pgcopy import HEADER, TRAILER, Column, PgType, encode_rows
-from streams.connections import pg_pool, writer_owns_schema
 from streams.settings import Settings
+from streams.stores.connections import writer_owns_schema
+from streams.stores.provision import writer_pool
 
 log = structlog.get_logger(__name__)
 
@@ -181,7 +182,7 @@ class TimescaleWriter:
 
     async def start(self) -> None:
         if self.pool is None:
-            self.pool = await pg_pool(self.settings, "writer", min_size=1, max_size=4)
+            self.pool = await writer_pool(self.settings, min_size=1, max_size=4)
             try:
                 await self.ensure_schema()
             except BaseException:

@@ -126,7 +126,7 @@ DEFAULT_INSTRUMENTS: Final[tuple[Instrument, ...]] = (
 
 
 class EventSink(Protocol):
-    """What the sources feed: `streams.producer.BatchingProducer` (or a test double)."""
+    """What the sources feed: `streams.kafka.producer.BatchingProducer` (or a test double)."""
 
     async def add(
         self,

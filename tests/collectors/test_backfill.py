@@ -22,10 +22,10 @@ from aiohttp import web
 
 from schemas.batch import MarketEventBatch
 from schemas.events import Kind
-from streams.collectors import backfill as bf
-from streams.collectors.binance import BinanceKlines
 from streams.settings import Settings
 from streams.sinks.timescale import TimescaleWriter
+from streams.venues import backfill as bf
+from streams.venues.binance import BinanceKlines
 from tests.conftest import REPO
 
 T0 = datetime(2024, 1, 1, tzinfo=UTC)

@@ -25,11 +25,11 @@ from click.testing import CliRunner
 from schemas.batch import MarketEventBatch
 from schemas.events import Kind
 from streams.cli import main
-from streams.collectors import backfill as bf
-from streams.collectors.base import rfc3339_ns
-from streams.collectors.oanda import OandaCandles
 from streams.settings import Settings
 from streams.sinks.timescale import TimescaleWriter
+from streams.venues import backfill as bf
+from streams.venues.base import rfc3339_ns
+from streams.venues.oanda import OandaCandles
 from tests.collectors.helpers import VENUES_DIR
 from tests.conftest import REPO
 

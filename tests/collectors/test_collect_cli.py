@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from schemas.batch import decode_batch
 from schemas.events import Kind
 from streams.cli import main
-from streams.inspect import end_offsets, read_range
+from streams.kafka.admin import end_offsets, read_range
 from streams.settings import Settings
 from tests.collectors.helpers import frames
 from tests.collectors.servers import ScriptedServer, Step, serve

@@ -8,19 +8,13 @@ from typing import Any
 import pytest
 
 from schemas.events import Kind, Side
-from streams.collectors import COLLECTORS, normalize_symbols
-from streams.collectors.base import (
-    Collector,
-    Event,
-    MalformedFrameError,
-    backoff_delay,
-    rfc3339_ns,
-)
-from streams.collectors.binance import BinanceCollector
-from streams.collectors.coinbase import CoinbaseCollector
-from streams.collectors.kraken import KrakenCollector
-from streams.collectors.oanda import OandaCollector
 from streams.settings import Settings
+from streams.venues import COLLECTORS, normalize_symbols
+from streams.venues.base import Collector, Event, MalformedFrameError, backoff_delay, rfc3339_ns
+from streams.venues.binance import BinanceCollector
+from streams.venues.coinbase import CoinbaseCollector
+from streams.venues.kraken import KrakenCollector
+from streams.venues.oanda import OandaCollector
 from tests.collectors.helpers import RecordingSink, frames
 
 RECV = 1_704_067_300_000_000_000

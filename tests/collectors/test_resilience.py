@@ -18,11 +18,11 @@ import orjson
 from aiohttp import web
 
 from schemas.events import Kind, Side
-from streams.collectors.base import Collector
-from streams.collectors.binance import BinanceCollector
-from streams.collectors.kraken import KrakenCollector
-from streams.collectors.oanda import OandaCollector
 from streams.settings import Settings
+from streams.venues.base import Collector
+from streams.venues.binance import BinanceCollector
+from streams.venues.kraken import KrakenCollector
+from streams.venues.oanda import OandaCollector
 from tests.collectors.helpers import RecordingSink, frames, malformed_count
 from tests.collectors.servers import ScriptedServer, Step, serve
 

@@ -20,11 +20,13 @@ from aiokafka import AIOKafkaProducer
 
 from schemas.batch import decode_batch
 from schemas.events import Kind
-from streams.collectors import COLLECTORS
-from streams.collectors.base import Collector
-from streams.collectors.oanda import OandaCollector
-from streams.collectors.subscriptions import (
-    CONTROL_TOPIC,
+from streams.kafka.admin import admin_client, end_offsets, read_range
+from streams.settings import Settings
+from streams.topics import SUBSCRIPTIONS_TOPIC
+from streams.venues import COLLECTORS
+from streams.venues.base import Collector
+from streams.venues.oanda import OandaCollector
+from streams.venues.subscriptions import (
     BadRecordError,
     ControlReader,
     Subscription,
@@ -34,8 +36,6 @@ from streams.collectors.subscriptions import (
     follow,
     publish,
 )
-from streams.inspect import admin_client, end_offsets, read_range
-from streams.settings import Settings
 from tests.collectors.helpers import RecordingSink
 from tests.collectors.servers import TickingVenue, serve
 from tests.collectors.test_resilience import until
@@ -100,7 +100,7 @@ async def test_control_topic_is_compacted(settings: Settings) -> None:
     from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
     name = await ensure_control_topic(settings)
-    assert name == settings.topic(CONTROL_TOPIC) and name.startswith(settings.namespace)
+    assert name == settings.topic(SUBSCRIPTIONS_TOPIC) and name.startswith(settings.namespace)
     async with admin_client(settings) as admin:
         (resp,) = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, name)])
     entries = {e[0]: e[1] for e in resp.resources[0][4]}
@@ -261,7 +261,7 @@ async def test_collect_process_follows_symbols_add_and_remove(
                 added = await run_cli(
                     run, "symbols", "add", "--venue", "binance", "--symbols", "ethusdt"
                 )
-                assert added["topic"] == settings.topic(CONTROL_TOPIC)
+                assert added["topic"] == settings.topic(SUBSCRIPTIONS_TOPIC)
                 assert [(c["symbol"], c["active"]) for c in added["changes"]] == [
                     ("ETH-USDT", True)
                 ]

@@ -13,10 +13,11 @@ import time
 import asyncpg
 import numpy as np
 
-from streams.inspect import ensure_topics, group_lag, hot_topics
-from streams.producer import BatchingProducer
+from streams.kafka.admin import ensure_topics, group_lag
+from streams.kafka.producer import BatchingProducer
 from streams.settings import Settings
 from streams.sources import synthetic
+from streams.topics import hot_topics
 from streams.worker_process import WorkerProcess
 from tests.conftest import ARTIFACTS, eventually
 from tests.e2e.test_pipeline import MIN, _counts, _reference_bars, _stored_bars

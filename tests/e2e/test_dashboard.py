@@ -19,10 +19,11 @@ import pytest
 import redis.asyncio as aioredis
 from prometheus_client.parser import text_string_to_metric_families
 
-from streams.inspect import ensure_topics, hot_topics
-from streams.producer import BatchingProducer
+from streams.kafka.admin import ensure_topics
+from streams.kafka.producer import BatchingProducer
 from streams.settings import Settings
 from streams.sources import synthetic
+from streams.topics import hot_topics
 from streams.worker_process import WorkerProcess
 from tests.conftest import ARTIFACTS, eventually
 

@@ -16,8 +16,9 @@ import asyncpg
 import orjson
 import pytest
 
-from streams.inspect import admin_client, hot_topics
+from streams.kafka.admin import admin_client
 from streams.settings import Settings
+from streams.topics import hot_topics
 from streams.worker_process import WorkerProcess
 from tests.conftest import ARTIFACTS, eventually
 from tests.faults.known_stream import KnownStream, tick_count, total_lag

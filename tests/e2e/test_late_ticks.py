@@ -14,11 +14,12 @@ import orjson
 import redis.asyncio as aioredis
 
 from schemas.events import Kind
-from streams.inspect import ensure_topics, hot_topics
-from streams.producer import BatchingProducer
-from streams.readpath import BarReader, BarsRequest
+from streams.kafka.admin import ensure_topics
+from streams.kafka.producer import BatchingProducer
+from streams.query.bars import BarReader, BarsRequest
 from streams.settings import Settings
 from streams.sinks.redis import forming_key
+from streams.topics import hot_topics
 from streams.worker_process import WorkerProcess
 from tests.conftest import ARTIFACTS, eventually
 

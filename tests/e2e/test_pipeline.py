@@ -20,17 +20,17 @@ import redis.asyncio as aioredis
 
 from schemas.batch import MarketEventBatch
 from schemas.events import Kind
-from streams.inspect import (
+from streams.kafka.admin import (
     count_events,
     dead_letter_reasons,
     end_offsets,
     ensure_topics,
     group_lag,
-    hot_topics,
 )
-from streams.producer import BatchingProducer
+from streams.kafka.producer import BatchingProducer
 from streams.settings import Settings
 from streams.sources import synthetic
+from streams.topics import hot_topics
 from streams.worker_process import WorkerProcess
 from tests.conftest import ARTIFACTS, eventually, free_port
 

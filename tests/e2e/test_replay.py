@@ -29,11 +29,12 @@ from aiokafka import AIOKafkaProducer
 
 from schemas.batch import MarketEventBatch
 from schemas.events import NS_PER_S, Kind
-from streams.inspect import end_offsets, ensure_topics, group_lag, hot_topics
-from streams.replay import IsolationError, ReplayRange, target_settings
+from streams.backtest.replay import IsolationError, ReplayRange, target_settings
+from streams.backtest.verify import from_ns, verify
+from streams.kafka.admin import end_offsets, ensure_topics, group_lag
 from streams.settings import Settings
 from streams.sources import synthetic
-from streams.verify import from_ns, verify
+from streams.topics import hot_topics
 from streams.worker_process import WorkerProcess
 from tests.conftest import ARTIFACTS, REPO, eventually
 

@@ -23,10 +23,11 @@ import numpy.typing as npt
 import orjson
 import redis.asyncio as aioredis
 
-from streams.inspect import dead_letter_reasons, end_offsets, ensure_topics, group_lag, hot_topics
-from streams.producer import BatchingProducer
+from streams.kafka.admin import dead_letter_reasons, end_offsets, ensure_topics, group_lag
+from streams.kafka.producer import BatchingProducer
 from streams.settings import Settings
 from streams.sources import synthetic
+from streams.topics import hot_topics
 from tests.conftest import eventually
 from tests.e2e.test_pipeline import MIN, _reference_bars, _stored_bars
 

@@ -18,9 +18,10 @@ import pytest
 import redis.asyncio as aioredis
 
 from schemas.deadletter import read_dead_letter
-from streams.inspect import count_events, end_offsets, hot_topics, read_range
-from streams.producer import BatchingProducer
+from streams.kafka.admin import count_events, end_offsets, read_range
+from streams.kafka.producer import BatchingProducer
 from streams.settings import Settings
+from streams.topics import hot_topics
 from streams.worker_process import WorkerProcess
 from tests.conftest import ARTIFACTS, eventually
 from tests.faults.known_stream import INSTRUMENTS, KnownStream, tick_count

@@ -11,8 +11,9 @@ import pytest
 import redis.asyncio as aioredis
 
 from schemas.batch import decode_batch
-from streams.inspect import end_offsets, hot_topics, read_range
+from streams.kafka.admin import end_offsets, read_range
 from streams.settings import Settings
+from streams.topics import hot_topics
 from streams.worker_process import WorkerProcess
 from tests.conftest import ARTIFACTS, eventually
 from tests.faults.conftest import PrivateServices

@@ -20,9 +20,10 @@ import pytest
 from schemas.batch import MarketEventBatch
 from schemas.deadletter import read_dead_letter
 from schemas.events import Kind
-from streams.inspect import end_offsets, ensure_topics, hot_topics, read_range
-from streams.producer import BatchingProducer
+from streams.kafka.admin import end_offsets, ensure_topics, read_range
+from streams.kafka.producer import BatchingProducer
 from streams.settings import Settings
+from streams.topics import hot_topics
 from streams.worker_process import WorkerProcess
 from tests.conftest import ARTIFACTS, eventually
 from tests.faults.known_stream import healthz

@@ -22,9 +22,10 @@ import structlog
 from agents.delivery import retry_forever
 from schemas.batch import MarketEventBatch
 from schemas.events import Kind
-from streams.inspect import committed_offsets, hot_topics
+from streams.kafka.admin import committed_offsets
 from streams.settings import Settings
 from streams.sinks.timescale import TimescaleWriter
+from streams.topics import hot_topics
 from streams.worker_process import WorkerProcess
 from tests.conftest import ARTIFACTS, eventually
 from tests.faults.conftest import PrivateServices

@@ -15,9 +15,10 @@ import pytest
 
 from schemas.batch import MarketEventBatch
 from schemas.events import Kind
-from streams.inspect import ensure_topics, hot_topics
-from streams.producer import BatchingProducer
+from streams.kafka.admin import ensure_topics
+from streams.kafka.producer import BatchingProducer
 from streams.settings import Settings
+from streams.topics import hot_topics
 from streams.worker_process import WorkerProcess
 from tests.conftest import ARTIFACTS, eventually
 from tests.faults.known_stream import tick_count, total_lag

@@ -14,11 +14,11 @@ from collections.abc import Callable
 import pytest
 from aiokafka import AIOKafkaConsumer
 
-from streams.connections import kafka_client_kwargs, stop_consumer
-from streams.inspect import admin_client, offsets_consumer
-from streams.lag import LagCollector
-from streams.producer import BatchingProducer
-from streams.replay import OffsetLocator
+from streams.backtest.replay import OffsetLocator
+from streams.kafka.admin import admin_client, offsets_consumer
+from streams.kafka.clients import kafka_client_kwargs, stop_consumer
+from streams.kafka.producer import BatchingProducer
+from streams.ops.consumer_lag import LagCollector
 from streams.settings import Settings
 
 Open = Callable[[Settings], contextlib.AbstractAsyncContextManager[object]]

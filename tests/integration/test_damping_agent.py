@@ -22,11 +22,12 @@ import redis.asyncio as aioredis
 
 from kernels.damping import damp
 from schemas.signal import Signal, decode_signal
-from streams import library
-from streams.inspect import end_offsets, ensure_topics, hot_topics, read_range
-from streams.producer import BatchingProducer
+from streams.kafka.admin import end_offsets, ensure_topics, read_range
+from streams.kafka.producer import BatchingProducer
+from streams.model import library
 from streams.settings import Settings
 from streams.sources import synthetic
+from streams.topics import hot_topics
 from streams.worker_process import WorkerProcess
 from tests.conftest import ARTIFACTS, eventually
 

@@ -1,7 +1,7 @@
 """The adaptive fetch wait against the dev broker (Tansu), which answers a fetch at its
 deadline with only what it gathered by then: with a 0 ms wait it returns nothing although
 records wait, the way a 10 ms wait does once a partition is far enough behind (the soak
-froze that way). The same consumer with `streams.fetchwait` installed reads everything.
+froze that way). The same consumer with `streams.kafka.fetchwait` installed reads everything.
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import time
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from streams.connections import kafka_client_kwargs
-from streams.fetchwait import AdaptiveFetchWait, install
-from streams.inspect import ensure_topics
+from streams.kafka.admin import ensure_topics
+from streams.kafka.clients import kafka_client_kwargs
+from streams.kafka.fetchwait import AdaptiveFetchWait, install
 from streams.settings import Settings
 
 RECORDS = 5_000

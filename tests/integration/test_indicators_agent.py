@@ -23,10 +23,11 @@ from agents.indicators import CONFIG
 from kernels.indicators import IndicatorState
 from schemas.events import TIMEFRAMES
 from schemas.indicator import INDICATORS
-from streams.inspect import ensure_topics, hot_topics
-from streams.producer import BatchingProducer
+from streams.kafka.admin import ensure_topics
+from streams.kafka.producer import BatchingProducer
 from streams.settings import Settings
 from streams.sources import synthetic
+from streams.topics import hot_topics
 from streams.worker_process import WorkerProcess
 from tests.conftest import ARTIFACTS, eventually
 

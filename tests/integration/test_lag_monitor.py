@@ -15,10 +15,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from kernels.lagstatus import Status
-from streams.inspect import ensure_topics
-from streams.lag import GroupLag, LagCollector, LagMonitor, LagSnapshot, export_metrics
-from streams.metrics import GROUP_LAG_STATUS, LAG_MESSAGES
+from kernels.lag_status import Status
+from streams.kafka.admin import ensure_topics
+from streams.ops.consumer_lag import GroupLag, LagCollector, LagMonitor, LagSnapshot, export_metrics
+from streams.ops.metrics import GROUP_LAG_STATUS, LAG_MESSAGES
 from streams.settings import Settings
 
 WINDOW = 6

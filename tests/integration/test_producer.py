@@ -9,8 +9,8 @@ import orjson
 
 from schemas.batch import decode_batch
 from schemas.events import Kind
-from streams.inspect import end_offsets, ensure_topics, read_range
-from streams.producer import BatchingProducer
+from streams.kafka.admin import end_offsets, ensure_topics, read_range
+from streams.kafka.producer import BatchingProducer
 from streams.settings import Settings
 
 

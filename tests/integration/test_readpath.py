@@ -25,7 +25,7 @@ from kernels.bars import Bar
 from schemas.batch import MarketEventBatch
 from schemas.events import Kind
 from streams.cli import main
-from streams.readpath import BadRequestError, BarReader, BarsRequest, http_bars
+from streams.query.bars import BadRequestError, BarReader, BarsRequest, http_bars
 from streams.settings import Settings
 from streams.sinks.redis import FormingBarWriter, RedisWriter, forming_key, read_stats_key
 from streams.sinks.timescale import TimescaleWriter

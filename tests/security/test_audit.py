@@ -14,9 +14,9 @@ from structlog.testing import capture_logs
 from schemas.batch import MarketEventBatch
 from schemas.events import Kind
 from streams import cli
-from streams.audit import audit
 from streams.settings import Settings
 from streams.sinks.timescale import TimescaleWriter
+from streams.stores.audit import audit
 
 
 async def test_audit_writes_row_and_event(settings: Settings, pg: asyncpg.Connection) -> None:

@@ -13,8 +13,8 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaConnectionError
 
 from streams.app import new_faust_app
-from streams.connections import kafka_client_kwargs, kafka_credentials
-from streams.inspect import admin_client
+from streams.kafka.admin import admin_client
+from streams.kafka.clients import kafka_client_kwargs, kafka_credentials
 from streams.settings import Settings
 
 

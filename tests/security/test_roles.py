@@ -18,11 +18,17 @@ import pytest
 from schemas.batch import MarketEventBatch
 from schemas.ddl import scram_verifier
 from schemas.events import Kind
-from streams.audit import audit
-from streams.connections import pg_connect, pg_login, writer_owns_schema
-from streams.provision import NotProvisionedError, ProvisionError, ensure_provisioned, provision
 from streams.settings import Settings
 from streams.sinks.timescale import TimescaleWriter
+from streams.stores.audit import audit
+from streams.stores.connections import pg_connect, pg_login, writer_owns_schema
+from streams.stores.provision import (
+    NotProvisionedError,
+    ProvisionError,
+    ensure_provisioned,
+    provision,
+    writer_connect,
+)
 from tests.security.conftest import TlsServices
 
 DAY_NS = 86_400 * 10**9
@@ -81,7 +87,7 @@ async def test_default_writer_cannot_drop_truncate_or_create(
         assert await writer.write([_bars(2.0), _bars(7.0, days=3)]) == {"bars": 2}
     finally:
         await writer.close()
-    conn = await pg_connect(settings, "writer")
+    conn = await writer_connect(settings)
     try:
         assert await conn.fetchval("SELECT current_user") == "sepstream_writer"
         for sql in (
@@ -139,7 +145,7 @@ async def test_tables_the_owner_adds_later_get_the_grants(
     s = settings.pg_schema
     await provision(settings)
     await pg.execute(f"CREATE TABLE {s}.later (id bigint PRIMARY KEY, v text)")
-    writer = await pg_connect(settings, "writer")
+    writer = await writer_connect(settings)
     reader = await pg_connect(settings, "reader")
     try:
         await writer.execute(f"INSERT INTO {s}.later VALUES (1, 'a')")
@@ -236,7 +242,7 @@ async def test_writer_upserts_but_cannot_run_ddl(roles: Settings) -> None:
         assert await writer.write([_bars(3.0)]) == {"bars": 1}  # a correction: upsert
     finally:
         await writer.close()
-    conn = await pg_connect(roles, "writer")
+    conn = await writer_connect(roles)
     try:
         assert await conn.fetchval("SELECT current_user") == roles.pg_writer_user
         closes = await conn.fetch(f"SELECT close FROM {s}.bars ORDER BY ts")
@@ -288,10 +294,10 @@ async def test_provision_is_idempotent_and_resets_passwords(roles: Settings) -> 
     again = replace(roles, pg_writer_password="rotated-Pa55word")
     await provision(again)
     await provision(again)
-    conn = await pg_connect(again, "writer")  # the new password works
+    conn = await writer_connect(again)  # the new password works
     await conn.close()
     with pytest.raises(asyncpg.InvalidPasswordError):
-        await pg_connect(roles, "writer")  # the old one no longer does
+        await writer_connect(roles)  # the old one no longer does
 
 
 def test_scram_verifier_shape() -> None:

@@ -16,9 +16,9 @@ import asyncpg
 import pytest
 import structlog
 
-from streams.connections import pg_connect
-from streams.logs import configure_logging
+from streams.ops.logs import configure_logging
 from streams.settings import SECRETS, Settings
+from streams.stores.connections import pg_connect
 from tests.conftest import REPO, free_port
 
 PG_SECRET = "Pg-S3cret-" + uuid.uuid4().hex[:8]
@@ -159,7 +159,7 @@ async def test_redis_password_from_settings(tls_services: object) -> None:
     """SEPSTREAM_REDIS_PASSWORD reaches the (TLS) server; a wrong or missing one is refused."""
     import redis.exceptions
 
-    from streams.connections import redis_client
+    from streams.stores.connections import redis_client
     from tests.security.conftest import TlsServices
 
     assert isinstance(tls_services, TlsServices)

@@ -9,8 +9,8 @@ import asyncpg
 import pytest
 import redis.exceptions
 
-from streams.connections import pg_connect, redis_client
-from streams.inspect import service_versions
+from streams.ops.services import service_versions
+from streams.stores.connections import pg_connect, redis_client
 from tests.security.conftest import TlsServices
 
 

@@ -25,11 +25,12 @@ import pytest
 import redis.asyncio as aioredis
 import redis.exceptions
 
-from streams.connections import pg_connect, redis_client
-from streams.inspect import ensure_topics, hot_topics
-from streams.producer import BatchingProducer
+from streams.kafka.admin import ensure_topics
+from streams.kafka.producer import BatchingProducer
 from streams.settings import Settings
 from streams.sources import synthetic
+from streams.stores.connections import pg_connect, redis_client
+from streams.topics import hot_topics
 from streams.worker_process import WorkerProcess
 from tests.conftest import ARTIFACTS, REPO, eventually, free_port
 

@@ -6,8 +6,8 @@
 from __future__ import annotations
 
 from streams.app import new_faust_app
+from streams.ops.web import FAUST_PAGE_SETTINGS, disable_faust_pages
 from streams.settings import Settings
-from streams.web import FAUST_PAGE_SETTINGS, disable_faust_pages
 from tests.worker_web import worker_web
 
 # Every page faust-streaming registers on its own (faust/web/base.py blueprints): the table

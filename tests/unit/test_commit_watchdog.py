@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from streams.commit_watchdog import head_gaps
+from streams.kafka.commit_watchdog import head_gaps
 
 
 def test_head_gaps_only_where_an_earlier_record_was_never_acked() -> None:

@@ -1,9 +1,9 @@
-"""The adaptive fetch wait's policy (streams/fetchwait.py): grow while starved, ease off
+"""The adaptive fetch wait's policy (streams/kafka/fetchwait.py): grow while starved, ease off
 while data comes, back to the base once nothing waits."""
 
 from __future__ import annotations
 
-from streams.fetchwait import AdaptiveFetchWait
+from streams.kafka.fetchwait import AdaptiveFetchWait
 
 
 def test_doubles_while_starved_up_to_the_cap() -> None:

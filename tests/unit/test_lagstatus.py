@@ -1,10 +1,10 @@
-"""The Burrow-style rules of kernels.lagstatus, one state and edge case at a time."""
+"""The Burrow-style rules of kernels.lag_status, one state and edge case at a time."""
 
 from __future__ import annotations
 
 import pytest
 
-from kernels.lagstatus import (
+from kernels.lag_status import (
     Observation,
     Status,
     current_window,

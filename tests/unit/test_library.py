@@ -9,7 +9,7 @@ from agents.damping import InstrumentState, Series
 from kernels.damping import damp, default_library
 from schemas.batch import CodecError
 from schemas.signal import Signal, decode_signal
-from streams.library import (
+from streams.model.library import (
     Library,
     damped_paths,
     decode_library,

@@ -13,7 +13,7 @@ from pathlib import Path
 import prometheus_client
 import pytest
 
-import streams.metrics  # noqa: F401  (registers the metrics)
+import streams.ops.metrics  # noqa: F401  (registers the metrics)
 from tests.conftest import REPO
 
 PROM = REPO / "deploy" / "prometheus"

@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from kernels import placement as pl
-from kernels.placement import Core, Gpu, NumaNode, Package, Topology, discover, plan
+from streams.ops import placement as pl
+from streams.ops.placement import Core, Gpu, NumaNode, Package, Topology, discover, plan
 
 REPO = Path(__file__).resolve().parents[2]
 AFFINITY = sorted(os.sched_getaffinity(0))
@@ -336,7 +336,7 @@ def run_child(code: str, *args: str, env: dict[str, str] | None = None) -> Any:
 
 CHILD = """
     import json, os, sys, threading
-    from kernels.placement import apply, discover, plan
+    from streams.ops.placement import apply, discover, plan
 
     # a thread started BEFORE binding, like a BLAS pool started at import time
     go, seen = threading.Event(), {}
@@ -370,7 +370,7 @@ def test_bind_current_thread_only_moves_the_calling_thread() -> None:
     got = run_child(
         """
         import json, os, threading
-        from kernels.placement import bind_current_thread
+        from streams.ops.placement import bind_current_thread
         seen = {}
         def worker():
             bind_current_thread([0])

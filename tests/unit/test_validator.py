@@ -371,7 +371,7 @@ def test_gap_markers_need_a_known_reason() -> None:
 
 
 def test_collectors_gap_reasons_are_known() -> None:
-    """The reasons streams/collectors/base.py writes must pass validation."""
+    """The reasons streams/venues/base.py writes must pass validation."""
     assert {"reconnect", "resubscribe", "sequence_gap", "unsubscribed"} <= GAP_REASONS
 
 
