@@ -33,18 +33,16 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any, Final
 
 import faust
-import numpy as np
 import orjson
 import structlog
 
-from agents.stage import Output, Stage
+from agents.stage import Output, Stage, redelivered, state_table
 from agents.validate import SOURCE_HEADER
-from kernels.bars import Bar, BarBook, Emitted, MultiBook, bars_to_columns
-from schemas.batch import CodecError, MarketEventBatch, decode_batch
+from kernels.bars import BarBook, MultiBook, Outgoing
+from schemas.batch import CodecError, decode_batch
 from schemas.deadletter import dead_letter
 from schemas.events import NS_PER_S, TIMEFRAMES, Kind
 from streams.ops.metrics import BARS_CLOSED, BARS_CORRECTED, DEAD_LETTERS
@@ -68,47 +66,6 @@ def _source(headers: Any) -> tuple[int, int] | None:
         return int(partition), int(offset)
     except (TypeError, ValueError):
         return None
-
-
-@dataclass(slots=True)
-class Outgoing:
-    """One instrument's share of a batch: its book and the bars it will send, one version
-    of each (the latest: a bar corrected by several records goes out once)."""
-
-    book: MultiBook
-    venue: str
-    symbol: str
-    bars: dict[str, dict[int, Bar]] = field(default_factory=dict)  # timeframe → start → bar
-    closed: dict[str, int] = field(default_factory=dict)  # timeframe → bars closed
-
-    def add(self, bars: Emitted, *, closed: bool = False) -> None:
-        for tf, got in bars.items():
-            held = self.bars.setdefault(tf, {})
-            for bar in got:
-                held[bar.start] = bar
-            if closed:
-                self.closed[tf] = self.closed.get(tf, 0) + len(got)
-
-    def records(self) -> list[bytes]:
-        """One md.bars.v1 record per timeframe, its bars in time order."""
-        out = []
-        for tf in TIMEFRAMES:
-            held = self.bars.get(tf)
-            if not held:
-                continue
-            bars = [held[start] for start in sorted(held)]
-            cols = bars_to_columns(bars)
-            cols["ts_recv"] = np.full(len(bars), time.time_ns(), dtype=np.int64)
-            batch = MarketEventBatch.from_columns(
-                Kind.BAR, self.venue, self.symbol, cols, timeframe=tf
-            )
-            out.append(batch.encode(bars_out=time.time_ns()))
-        return out
-
-    def count(self) -> None:
-        for tf, n in self.closed.items():
-            BARS_CLOSED.labels(tf).inc(n)
-        BARS_CORRECTED.inc(sum(map(len, self.bars.values())) - sum(self.closed.values()))
 
 
 class Bars:
@@ -191,8 +148,7 @@ class Bars:
         self.partition_of[key] = msg.tp
         src = _source(event.headers)
         if src is not None:
-            last = self.applied.get(key)
-            if last is not None and last[0] == src[0] and src[1] <= last[1]:
+            if redelivered(self.applied.get(key), src):
                 return  # applied before (redelivery): its effect is in the state
             self.applied[key] = src
         held = outgoing.get(key)
@@ -225,13 +181,15 @@ class Bars:
         """The bars to send, the states to save after them, the forming bars for Redis."""
         for key, held in outgoing.items():
             out.states[key] = orjson.dumps({**held.book.to_state(), "src": self.applied.get(key)})
-            for value in held.records():
+            for value in held.records(time.time_ns()):
                 out.send(self.topics.bars, key, value)
             out.after.append(functools.partial(self._after, held))
 
     def _after(self, held: Outgoing) -> None:
         self.forming.update(held.venue, held.symbol, held.book.base.forming.values())
-        held.count()
+        for tf, n in held.closed.items():
+            BARS_CLOSED.labels(tf).inc(n)
+        BARS_CORRECTED.inc(held.corrected)
 
     def idle(self, key: bytes, app: faust.App) -> bool:
         """No input waiting in this instrument's partition: its quiet is real, not lag."""
@@ -253,14 +211,6 @@ class Bars:
 
 
 def register(app: faust.App, topics: Topics, settings: Settings) -> None:
-    table = app.Table(
-        "bar-state",
-        default=None,
-        key_type=bytes,  # Faust derives the changelog's serializers from these types
-        value_type=bytes,
-        partitions=settings.partitions,
-        use_partitioner=True,  # the timer writes too, outside any input event
-    )
     stage = Stage(
         app,
         settings,
@@ -269,11 +219,11 @@ def register(app: faust.App, topics: Topics, settings: Settings) -> None:
         dlq=topics.dlq,
         max_records=settings.bars_max_records,
         linger_s=settings.bars_linger_ms / 1000,
-        table=table,
+        table=state_table(app, settings, "bar-state"),
     )
     forming = FormingBarWriter(settings)
     logic = Bars(stage, topics, settings, forming)
-    stage.run(logic)
+    stage.run(logic, forget=logic.forget)
 
     @app.timer(1.0, name="bars-close-idle")
     async def close_idle() -> None:
@@ -287,11 +237,6 @@ def register(app: faust.App, topics: Topics, settings: Settings) -> None:
                     logic.reset()
                     continue
                 await stage.publish(out)
-
-    @app.on_partitions_revoked.connect  # type: ignore[arg-type]  # mode types receivers oddly
-    async def forget(sender: Any, *args: Any, signal: Any = None, **kwargs: Any) -> None:
-        """Another worker may own these instruments now; reload from the table when needed."""
-        logic.forget()
 
     @app.on_before_shutdown.connect  # type: ignore[arg-type]  # mode types receivers oddly
     async def close(sender: Any, *args: Any, signal: Any = None, **kwargs: Any) -> None:

@@ -16,6 +16,12 @@ the same way for every stage (docs/ARCHITECTURE.md, "Stages"):
    recomputes the same outputs from the old state; the sinks upsert);
 4. ack the input records, so Faust commits their offsets only after all of the above.
 
+When partitions are revoked the runner makes the stage forget its in-memory state (another
+worker may own those instruments now). What the stateful stages share around the loop is
+here too: their state table (`state_table`), the redelivery check on the input position
+last applied per instrument (`redelivered`), and the reading of md.bars.v1 takes
+(`bar_records`).
+
 Progress (`StageProgress`) is recorded for `/healthz`: a stage with input waiting that has
 not finished a take for `stage_stall_s` is reported as stalled.
 """
@@ -24,7 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 from weakref import WeakKeyDictionary
@@ -33,7 +39,9 @@ import faust
 import structlog
 
 from agents.delivery import delivered, retry_forever
+from schemas.batch import CodecError, MarketEventBatch, decode_batch
 from schemas.deadletter import dead_letter
+from schemas.events import Kind
 from streams.ops.metrics import DEAD_LETTERS, EVENTS_IN
 from streams.settings import Settings
 
@@ -125,6 +133,43 @@ def track(app: faust.App, name: str) -> StageProgress:
     return progress
 
 
+def state_table(app: faust.App, settings: Settings, name: str) -> Any:
+    """A stage's state table: the encoded state per instrument key (`venue:symbol`, the key
+    of its input records), on a compacted changelog with the hot topics' partitions, so an
+    instrument's state moves with its input partition (docs/ARCHITECTURE.md#state)."""
+    return app.Table(
+        name,
+        default=None,
+        key_type=bytes,  # Faust derives the changelog's serializers from these types
+        value_type=bytes,
+        partitions=settings.partitions,
+        use_partitioner=True,  # partition writes by key: timers write outside any input event
+    )
+
+
+def redelivered(last: tuple[int, int] | None, position: tuple[int, int]) -> bool:
+    """Whether the record at `position` (partition, offset) was applied before: `last` is the
+    position of the last record applied for its instrument, which always comes from one
+    partition (docs/ARCHITECTURE.md#redelivery)."""
+    return last is not None and last[0] == position[0] and position[1] <= last[1]
+
+
+def bar_records(
+    events: Sequence[Any],
+) -> Iterator[tuple[bytes, MarketEventBatch, tuple[int, int]]]:
+    """The bar batches of a take of md.bars.v1 records, each with its instrument key and its
+    record's (partition, offset); records that hold no bars are passed over (the timescale
+    sink dead-letters undecodable ones)."""
+    for event in events:
+        try:
+            batch = decode_batch(event.value)
+        except CodecError:
+            continue
+        if batch.kind is Kind.BAR and batch.timeframe:
+            msg = event.message
+            yield batch.key.encode(), batch, (msg.partition, msg.offset)
+
+
 class Stage:
     """Runs one `StageLogic` as a Faust agent on `channel` (module doc)."""
 
@@ -171,10 +216,23 @@ class Stage:
 
         app.agent(channel, name=name)(agent)
 
-    def run(self, logic: StageLogic, ready: Callable[[], Awaitable[None]] | None = None) -> None:
-        """Start computing with `logic`; `ready`, if given, is awaited before each take."""
+    def run(
+        self,
+        logic: StageLogic,
+        ready: Callable[[], Awaitable[None]] | None = None,
+        forget: Callable[[], None] | None = None,
+    ) -> None:
+        """Start computing with `logic`; `ready`, if given, is awaited before each take, and
+        `forget` (default `logic.reset`) is called when partitions are revoked."""
         self._logic = logic
         self._ready = ready
+        on_revoke = logic.reset if forget is None else forget
+
+        # mode types signal receivers oddly
+        @self.app.on_partitions_revoked.connect  # type: ignore[arg-type]
+        async def revoked(sender: Any, *args: Any, signal: Any = None, **kwargs: Any) -> None:
+            """Another worker may own these instruments now; reload from the table when needed."""
+            on_revoke()
 
     @property
     def logic(self) -> StageLogic:

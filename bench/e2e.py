@@ -58,7 +58,7 @@ import sys
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, Final
@@ -302,7 +302,7 @@ async def compare_run(
     ns = f"e2e_{uuid.uuid4().hex[:8]}_{rnd}{VARIANTS.index(variant)}"
     settings = run_settings(base, ns, f"e2e-{variant}")
     if variant == NOARCHIVE:
-        settings = replace(settings, archive_ticks=False)
+        settings = settings.replace(archive_ticks=False)
     log_path = opts.log_dir / f"{ns}-{variant}.log"
     pg = await asyncpg.connect(settings.dsn_with_password())
     load = os.getloadavg()[0]

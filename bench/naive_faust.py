@@ -1,6 +1,6 @@
 """The baseline of `bench.pipeline`: the same work, written the way a typical Faust app is.
 
-One trade per Kafka record (a JSON `MarketEvent`), one agent that handles a record at a time
+One trade per Kafka record (one flat JSON event), one agent that handles a record at a time
 (``async for value in stream``) and runs `bench.per_record.PerRecordCore` on it: validate,
 1-minute bars and their roll-ups, and for each closed bar its indicators and damping signal;
 bad events are dead-lettered, closed bars published, and everything is written with the
@@ -41,7 +41,7 @@ from streams.settings import Settings
 log = structlog.get_logger(__name__)
 
 STAGE: Final = "naive"
-TRADES: Final = "naive.trades.v1"  # one JSON MarketEvent per record
+TRADES: Final = "naive.trades.v1"  # one flat JSON event per record
 DLQ: Final = "naive.dlq.v1"
 BARS: Final = "naive.bars.v1"
 TOPICS: Final = (TRADES, DLQ, BARS)
@@ -50,7 +50,7 @@ __all__ = ["TICK_COLUMNS", "create_app", "event_json"]
 
 
 def event_json(venue: str, symbol: str, row: Sequence[Any]) -> bytes:
-    """One trade as a JSON `MarketEvent` (`row` in `TICK_COLUMNS` order; -1 ids are null)."""
+    """One trade as one flat JSON event (`row` in `TICK_COLUMNS` order; -1 ids are null)."""
     ts_event, ts_recv, price, size, side, trade_id, seq = row
     return orjson.dumps(
         {

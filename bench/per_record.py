@@ -25,14 +25,22 @@ from typing import Any, Final
 
 import numpy as np
 
-from agents.damping import Series, Window, to_signals
 from agents.delivery import retry_forever
-from kernels.bars import GAP, Bar, BarBook, Emitted, MultiBook, bars_to_columns
+from kernels.bars import Bar, BarBook, Emitted, MultiBook, bars_to_columns
 from kernels.damping import damp
+from kernels.damping_state import Series, Window, to_signals
 from kernels.indicators import IndicatorConfig, IndicatorState
 from kernels.validation import ValidationRules
 from schemas.batch import MarketEventBatch
-from schemas.events import NS_PER_S, SCHEMA_VERSION, SYMBOL_RE, TIMEFRAMES, VENUE_RE, Kind
+from schemas.events import (
+    NS_PER_S,
+    SCHEMA_VERSION,
+    SYMBOL_RE,
+    TIMEFRAMES,
+    VENUE_RE,
+    BarFlag,
+    Kind,
+)
 from schemas.indicator import IndicatorRecord, value_or_none
 from schemas.signal import Signal
 from streams.model.library import Library
@@ -160,7 +168,7 @@ def add_trade(book: BarBook, ts: int, price: float, size: float, wall_ns: int) -
     bar = book.forming.get(start)
     if bar is None:
         if start in book.gap_starts:
-            part.flags |= GAP
+            part.flags |= BarFlag.GAP
         book.forming[start] = part
     else:
         bar.merge(part)
@@ -299,7 +307,7 @@ class PerRecordCore:
             backend="numpy",
             library_version=self.library.version,
         )
-        return to_signals(windows, result, self.window)
+        return to_signals(windows, result, self.window, time.time_ns())
 
 
 @dataclass

@@ -54,7 +54,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
@@ -576,7 +576,7 @@ class Options:
 
 
 def run_settings(base: Settings, namespace: str, app_id: str) -> Settings:
-    return replace(base, namespace=namespace, app_id=app_id, web_port=free_port())
+    return base.replace(namespace=namespace, app_id=app_id, web_port=free_port())
 
 
 async def run_variant(

@@ -1,7 +1,7 @@
 """A baseline for `bench.e2e`: the pipeline's work written as a Quix Streams application.
 
 Quix Streams processes one record at a time through a `StreamingDataFrame`, so the input
-is the per-record one of `bench.naive_faust` (one JSON `MarketEvent` per record, key
+is the per-record one of `bench.naive_faust` (one flat JSON event per record, key
 ``venue:symbol``). Every record goes through `bench.per_record.PerRecordCore` (validate,
 bars and roll-ups, indicators and damping of each closed bar); dead letters and closed bars
 are produced to their topics by dataframe branches, and accepted events and derived records

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# deploy/dev.sh — the dev/CI services of sepstream, without docker (DESIGN.md §7).
+# deploy/dev.sh — the dev/CI services of sepstream, without docker (docs/ARCHITECTURE.md#services).
 #
 #   deploy/dev.sh up [SERVICE...]      install what is missing, build TimescaleDB once, start
 #   deploy/dev.sh status [SERVICE...]  one line per service; exit 0 only if all are up
@@ -495,7 +495,7 @@ redis_up() {
     cp "$TLS_DIR/ca.crt" "$RUN/redis.ca"
   fi
   redis_mode >"$RUN/redis.mode"
-  # No persistence: the dev cache is rebuilt by the pipeline (DESIGN.md §4).
+  # No persistence: the dev cache is rebuilt by the pipeline (docs/ARCHITECTURE.md#redis-keys).
   redis-server "$conf" --bind 127.0.0.1 "${listen[@]}" --protected-mode yes \
     --daemonize yes --pidfile "$RUN/redis.pid" --logfile "$LOGS/redis.log" \
     --dir "$DEV/redis" --save "" --appendonly no 9>&- \

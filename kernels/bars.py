@@ -14,6 +14,11 @@ horizon; beyond it the tick is reported as uncorrectable so the caller can dead-
 Higher timeframes (`MultiBook`, `Rollup`) are rolled up from CLOSED 1m bars, never from
 ticks, and close when the 1m watermark passes their end; a late tick that corrects a 1m
 bar is folded into the higher bars too (CORRECTED when they had already closed).
+
+Flags are `schemas.events.BarFlag` (docs/ARCHITECTURE.md#bars). `Outgoing` gathers what one
+instrument's take closed or corrected into its md.bars.v1 records, one per timeframe.
+
+Pure compute: no I/O; imports nothing of the project but schemas.
 """
 
 from __future__ import annotations
@@ -24,8 +29,8 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
-GAP = 1
-CORRECTED = 2
+from schemas.batch import MarketEventBatch
+from schemas.events import TIMEFRAMES, BarFlag, Kind
 
 
 @dataclass(slots=True)
@@ -110,14 +115,31 @@ def flag_gap(book: _Timeframe, ts: int) -> Bar | None:
     start = (ts // book.period_ns) * book.period_ns
     if start + book.period_ns <= book.closed_through:
         bar = book.closed.get(start)
-        if bar is None or bar.flags & GAP:
+        if bar is None or bar.flags & BarFlag.GAP:
             return None
-        bar.flags |= GAP | CORRECTED
+        bar.flags |= BarFlag.GAP | BarFlag.CORRECTED
         return bar
     book.gap_starts.add(start)
     if start in book.forming:
-        book.forming[start].flags |= GAP
+        book.forming[start].flags |= BarFlag.GAP
     return None
+
+
+def close_passed(book: _Timeframe, wm: int, keep: int, *, advance: bool = True) -> list[Bar]:
+    """Close and return, in time order, the forming bars of `book` that end at or before the
+    watermark `wm`; with `advance`, every period ending by then counts as closed (a tick for
+    it is a correction). The newest `keep` closed bars are kept for corrections."""
+    due = sorted(s for s in book.forming if s + book.period_ns <= wm)
+    out = [book.forming.pop(s) for s in due]
+    if advance:
+        book.closed_through = max(book.closed_through, (wm // book.period_ns) * book.period_ns)
+    for bar in out:
+        book.closed[bar.start] = bar
+    if len(book.closed) > keep:
+        for s in sorted(book.closed)[: len(book.closed) - keep]:
+            del book.closed[s]
+    book.gap_starts = {s for s in book.gap_starts if s + book.period_ns > book.closed_through}
+    return out
 
 
 @dataclass
@@ -161,7 +183,7 @@ class BarBook:
                     corrections[fixed.start] = fixed
                 continue
             if part.start in self.gap_starts:
-                part.flags |= GAP
+                part.flags |= BarFlag.GAP
             bar = self.forming.get(part.start)
             if bar is None:
                 self.forming[part.start] = part
@@ -179,18 +201,8 @@ class BarBook:
     def close_due(self, idle_wall_ns: int | None) -> list[Bar]:
         """Close and return, in time order, every forming bar the watermark has passed."""
         wm = self.watermark(idle_wall_ns)
-        due = sorted(s for s in self.forming if s + self.period_ns <= wm)
-        out = [self.forming.pop(s) for s in due]
-        if self.max_ts > -(2**62):
-            boundary = (wm // self.period_ns) * self.period_ns
-            self.closed_through = max(self.closed_through, boundary)
-        for bar in out:
-            self.closed[bar.start] = bar
-        if len(self.closed) > self.horizon:
-            for s in sorted(self.closed)[: len(self.closed) - self.horizon]:
-                del self.closed[s]
-        self.gap_starts = {s for s in self.gap_starts if s + self.period_ns > self.closed_through}
-        return out
+        # Before the first event the watermark is no time at all: no period is over.
+        return close_passed(self, wm, self.horizon, advance=self.max_ts > -(2**62))
 
     def _correct(self, part: Bar) -> Bar | None:
         oldest = min(self.closed) if self.closed else None
@@ -202,7 +214,7 @@ class BarBook:
             self.closed[part.start] = bar = part
         else:
             bar.merge(part)
-        bar.flags |= CORRECTED
+        bar.flags |= BarFlag.CORRECTED
         return bar
 
     # ---- durable state (forming bars and watermark; corrections cache is best-effort) ----
@@ -262,16 +274,16 @@ class Rollup:
     def fold(self, part: Bar) -> Bar | None:
         """Fold a closed 1m bar or a late part; returns the rollup bar if it was already closed."""
         start = (part.start // self.period_ns) * self.period_ns
-        piece = replace(part, start=start, flags=part.flags & GAP)
+        piece = replace(part, start=start, flags=part.flags & BarFlag.GAP)
         if start + self.period_ns <= self.closed_through:
             bar = self.closed.get(start)
             if bar is None:
                 return None  # beyond what we keep (or lost with a restart): best effort
             bar.merge(piece)
-            bar.flags |= CORRECTED
+            bar.flags |= BarFlag.CORRECTED
             return bar
         if start in self.gap_starts:
-            piece.flags |= GAP
+            piece.flags |= BarFlag.GAP
         bar = self.forming.get(start)
         if bar is None:
             self.forming[start] = piece
@@ -285,16 +297,7 @@ class Rollup:
 
     def close_due(self, wm: int) -> list[Bar]:
         """Close the bars the 1m watermark `wm` has passed (their 1m bars are all folded)."""
-        due = sorted(s for s in self.forming if s + self.period_ns <= wm)
-        out = [self.forming.pop(s) for s in due]
-        self.closed_through = max(self.closed_through, (wm // self.period_ns) * self.period_ns)
-        for bar in out:
-            self.closed[bar.start] = bar
-        if len(self.closed) > self.keep:
-            for s in sorted(self.closed)[: len(self.closed) - self.keep]:
-                del self.closed[s]
-        self.gap_starts = {s for s in self.gap_starts if s + self.period_ns > self.closed_through}
-        return out
+        return close_passed(self, wm, self.keep)
 
     def to_state(self) -> dict[str, Any]:
         return {
@@ -321,7 +324,7 @@ class MultiBook:
 
     A higher bar closes when the 1m watermark passes its end, in the same call that closes
     its last 1m bar. A corrected 1m bar corrects the higher bars holding it (flag
-    CORRECTED); a gap marker flags every timeframe. All of it is one durable state.
+    BarFlag.CORRECTED); a gap marker flags every timeframe. All of it is one durable state.
     """
 
     base: BarBook
@@ -412,3 +415,44 @@ class MultiBook:
                 up = book.rollups[tf]
                 book.rollups[tf] = Rollup.from_state(up_state, period_ns=up.period_ns, keep=up.keep)
         return book
+
+
+@dataclass(slots=True)
+class Outgoing:
+    """One instrument's share of a take: its book and the bars it will send, one version
+    of each (the latest: a bar corrected by several records goes out once)."""
+
+    book: MultiBook
+    venue: str
+    symbol: str
+    bars: dict[str, dict[int, Bar]] = field(default_factory=dict)  # timeframe → start → bar
+    closed: dict[str, int] = field(default_factory=dict)  # timeframe → bars closed
+
+    def add(self, bars: Emitted, *, closed: bool = False) -> None:
+        for tf, got in bars.items():
+            held = self.bars.setdefault(tf, {})
+            for bar in got:
+                held[bar.start] = bar
+            if closed:
+                self.closed[tf] = self.closed.get(tf, 0) + len(got)
+
+    @property
+    def corrected(self) -> int:
+        """Bars sent again after they closed."""
+        return sum(map(len, self.bars.values())) - sum(self.closed.values())
+
+    def records(self, now_ns: int) -> list[bytes]:
+        """One md.bars.v1 record per timeframe, its bars in time order, emitted at `now_ns`."""
+        out = []
+        for tf in TIMEFRAMES:
+            held = self.bars.get(tf)
+            if not held:
+                continue
+            bars = [held[start] for start in sorted(held)]
+            cols = bars_to_columns(bars)
+            cols["ts_recv"] = np.full(len(bars), now_ns, dtype=np.int64)
+            batch = MarketEventBatch.from_columns(
+                Kind.BAR, self.venue, self.symbol, cols, timeframe=tf
+            )
+            out.append(batch.encode(bars_out=now_ns))
+        return out

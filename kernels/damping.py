@@ -1,12 +1,15 @@
-"""Bitspace damping kernel (DESIGN §5), batched over instruments, NumPy or CuPy.
+"""Bitspace damping kernel (docs/ARCHITECTURE.md#bitspace-damping), batched over instruments, NumPy
+or CuPy.
 
 Pure compute: no I/O, no logging, no imports from outside ``kernels/``.  The algorithm is
 written once against an array module ``xp`` (``numpy`` or ``cupy``) so the two backends run
 the same code and cannot drift apart; NumPy in float64 is the reference.  On CuPy the
-weighted transition sums of the damping loop use a small fused reduction kernel
-(``method="fused"``, the default there) whose result is tested against the ``xp`` versions.
+default (``method="kernel"``) is one fused CUDA kernel per chunk of rows, one thread per
+window (``kernels/damping_gpu.py``, ``kernels/damping_kernel.cu``), for windows up to
+``W = 257``; the ``xp`` methods stay available there (and serve longer windows), with the
+weighted sums of ``method="fused"`` in a small reduction kernel.
 
-Definitions used here (DESIGN §5 leaves these to the implementation):
+Definitions used here (in detail; docs/ARCHITECTURE.md#damping-math):
 
 * Bits: ``b_i = 1`` if ``close[i+1] > close[i]`` else ``0`` (a flat close is "not rose"),
   ``i = 0..T`` with ``T + 1 = W - 1``.  Bits are compared in the input's own precision so
@@ -34,6 +37,8 @@ from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
+
+from kernels import damping_gpu
 
 __all__ = [
     "COLLAPSE_PR",
@@ -77,7 +82,8 @@ class BackendUnavailableError(RuntimeError):
 
 @dataclass(frozen=True, eq=False, slots=True)
 class DampingResult:
-    """Per-window outputs of :func:`damp` (DESIGN §5.7), NumPy arrays of length N.
+    """Per-window outputs of :func:`damp` (docs/ARCHITECTURE.md#damping-outputs), NumPy arrays of
+    length N.
 
     ``iterations``: relaxed λ updates applied (1..32); ``converged``: the last one moved λ
     by less than 1e-6; ``lam``: λ after it.  ``backend``: the backend that ran, for the
@@ -179,7 +185,7 @@ def decay(entropy: Any, xp: Any = np) -> Any:
 _FUSED_KERNELS: dict[int, Any] = {}
 _COMPACT: Final = 0.75  # shrink the working set once at most this share of it is active
 _SMALL: Final = 256  # below this many rows, per-T-step loops cost more than exp matrices
-METHODS: Final = ("horner", "direct", "fused")
+METHODS: Final = ("horner", "direct", "fused", "kernel")
 
 
 def _fused_kernel(kind: int) -> Any:
@@ -457,20 +463,51 @@ def damp_arrays(
     dtype: Any = "float64",
     chunk_rows: int | None = None,
     method: str | None = None,
+    transfer_dtype: Any = None,
 ) -> dict[str, Any]:
     """Run the kernel and keep the outputs on the backend (cupy arrays stay on the device).
 
     For callers that chain GPU work or time the device without the result copy; ``damp``
     is the public, NumPy-returning wrapper.  ``backend`` must already be resolved.
     ``method`` picks how the loop's weighted sums are evaluated (see ``_Sums``): default
-    ``horner`` on numpy and ``fused`` on cupy; ``direct`` and ``horner`` run on both.
+    ``horner`` on numpy; on cupy ``kernel`` (the fused CUDA kernel, W <= 257) else
+    ``fused``; ``direct`` and ``horner`` run on both.  ``transfer_dtype="float32"`` lets
+    the ``kernel`` method send float64 host closes to the device as float32.
     """
+    return _run(
+        closes,
+        library,
+        backend=backend,
+        dtype=dtype,
+        chunk_rows=chunk_rows,
+        method=method,
+        transfer_dtype=transfer_dtype,
+        to_host=False,
+    )
+
+
+def _run(
+    closes: Any,
+    library: Any,
+    *,
+    backend: str,
+    dtype: Any,
+    chunk_rows: int | None,
+    method: str | None,
+    transfer_dtype: Any,
+    to_host: bool,
+) -> dict[str, Any]:
+    """``damp_arrays``; with ``to_host`` the kernel method returns NumPy arrays directly."""
     if backend not in ("numpy", "cupy"):
         raise ValueError(f"backend must be a resolved name ('numpy' or 'cupy'), got {backend!r}")
     ft = _check_dtype(dtype)
     xp = _xp(backend)
-    method = ("fused" if backend == "cupy" else "horner") if method is None else method
-    if method not in METHODS or (method == "fused" and backend != "cupy"):
+    if method is None:
+        method = "horner"
+        if backend == "cupy":
+            w_in = closes.shape[1] if getattr(closes, "ndim", 0) == 2 else 0
+            method = "kernel" if w_in <= damping_gpu.MAX_WINDOW else "fused"
+    if method not in METHODS or (method in ("fused", "kernel") and backend != "cupy"):
         raise ValueError(f"method {method!r} is not available on backend {backend!r}")
     if backend == "numpy" and _is_device_array(closes):
         closes = closes.get()
@@ -479,10 +516,29 @@ def damp_arrays(
     _check_closes(closes)
     n, w = closes.shape
     t = w - 2
+    if chunk_rows is not None and int(chunk_rows) < 1:
+        raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
+    if method == "kernel":
+        if w > damping_gpu.MAX_WINDOW:
+            raise ValueError(
+                f"method 'kernel' handles windows up to W={damping_gpu.MAX_WINDOW}, got W={w}"
+            )
+        unit = _library_unit(library, t)
+        if _is_device_array(closes):
+            res = damping_gpu.damp_device(closes, unit, ft, chunk_rows=chunk_rows)
+            return {k: v.get() for k, v in res.items()} if to_host else res
+        return damping_gpu.damp_host(
+            closes,
+            unit,
+            ft,
+            to_host=to_host,
+            transfer_dtype=transfer_dtype,
+            chunk_rows=chunk_rows,
+        )
+    if transfer_dtype is not None:
+        raise ValueError("transfer_dtype applies to method 'kernel' only")
     lib_unit = xp.asarray(_library_unit(library, t).astype(ft))
     rows = _CHUNK_ROWS[backend] if chunk_rows is None else int(chunk_rows)
-    if rows < 1:
-        raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
 
     out: dict[str, Any] = {
         name: xp.empty(n, dtype=kind)
@@ -516,17 +572,30 @@ def damp(
     dtype: Any = "float64",
     library_version: str | None = None,
     chunk_rows: int | None = None,
+    transfer_dtype: Any = None,
 ) -> DampingResult:
-    """Bitspace damping for an (N, W) batch of closes (DESIGN §5, §9).
+    """Bitspace damping for an (N, W) batch of closes (docs/ARCHITECTURE.md#kernel-api).
 
     ``library`` is an (L, W-1) array of reference paths or None for the default library.
     ``backend`` is ``auto`` (cupy when usable, else numpy), ``numpy`` or ``cupy``; the
     chosen one is in ``result.backend`` for the caller to log.  ``dtype`` is ``float64``
     (the reference) or ``float32``.  Rows are processed in blocks of ``chunk_rows``
-    (default 32,768 on numpy, 1,048,576 on cupy) to bound memory.  Results are NumPy arrays.
+    (default 32,768 on numpy; on cupy ~128 MiB of closes, capped by the free device memory)
+    to bound memory.  ``transfer_dtype="float32"`` (cupy only) sends float64 closes to the
+    device as float32, half the bytes, for callers whose prices survive that rounding.
+    Results are NumPy arrays.
     """
     name = resolve_backend(backend)
-    out = damp_arrays(closes, library, backend=name, dtype=dtype, chunk_rows=chunk_rows)
+    out = _run(
+        closes,
+        library,
+        backend=name,
+        dtype=dtype,
+        chunk_rows=chunk_rows,
+        method=None,
+        transfer_dtype=transfer_dtype,
+        to_host=True,
+    )
     if name == "cupy":
-        out = {k: v.get() for k, v in out.items()}
+        out = {k: (v if isinstance(v, np.ndarray) else v.get()) for k, v in out.items()}
     return DampingResult(**out, library_version=library_version, backend=name)

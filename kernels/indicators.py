@@ -1,4 +1,5 @@
-"""Incremental technical indicators, vectorised across instruments (DESIGN §6).
+"""Incremental technical indicators, vectorised across instruments
+(docs/ARCHITECTURE.md#indicators).
 
 One :class:`IndicatorState` holds the state of N instruments as NumPy arrays; each
 :meth:`IndicatorState.update` call folds ONE new closed bar into a subset of them and

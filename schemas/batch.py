@@ -1,4 +1,5 @@
-"""`MarketEventBatch`: the columnar wire envelope of the hot topics (DESIGN §2).
+"""`MarketEventBatch`: the columnar wire envelope of the hot topics
+(docs/ARCHITECTURE.md#market-event-batch).
 
 Public format (JSON, UTF-8, one Kafka record, key ``venue:symbol``)::
 
@@ -44,7 +45,7 @@ import numpy.typing as npt
 import orjson
 
 from schemas.envelope import CodecError, as_float, brief, is_int64, load_envelope
-from schemas.events import SCHEMA_VERSION, Kind, MarketEvent
+from schemas.events import SCHEMA_VERSION, Kind
 
 __all__ = [
     "COLUMNS",
@@ -179,27 +180,6 @@ class MarketEventBatch:
         if self.reason is not None:
             event["reason"] = self.reason
         return event
-
-    def events(self) -> list[MarketEvent]:
-        """The logical records, for tools and tests (the hot path stays columnar)."""
-        out = []
-        for i in range(len(self)):
-            fields = {name: col[i].item() for name, col in self.cols.items()}
-            if "trade_id" in fields and fields["trade_id"] < 0:
-                fields["trade_id"] = None
-            if "seq" in fields and fields["seq"] < 0:
-                fields["seq"] = None
-            out.append(
-                MarketEvent(
-                    kind=self.kind.value,
-                    venue=self.venue,
-                    symbol=self.symbol,
-                    timeframe=self.timeframe,
-                    reason=self.reason,
-                    **fields,
-                )
-            )
-        return out
 
     @classmethod
     def from_columns(

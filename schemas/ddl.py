@@ -1,4 +1,5 @@
-"""SQL for the storage layout, edition-aware (DESIGN §4). Pure: returns SQL, runs nothing.
+"""SQL for the storage layout, edition-aware (docs/ARCHITECTURE.md#editions). Pure: returns SQL,
+runs nothing.
 
 The Apache edition (dev/CI) has hypertables and drop_chunks; compression and retention
 policies need the community (``timescale``) license, so they are only emitted for it and

@@ -1,4 +1,5 @@
-"""Dead-letter records: why an input was rejected, and the input itself.
+"""Dead-letter records: why an input was rejected, and the input itself
+(docs/ARCHITECTURE.md#dead-letters).
 
 One dead letter per rejected event; a record that cannot be decoded at all yields one
 dead letter carrying its original bytes (base64), since its events cannot be counted.
@@ -48,10 +49,3 @@ def dead_letter(
     if original is not None:
         doc["original_b64"] = base64.b64encode(original).decode("ascii")
     return orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS)
-
-
-def read_dead_letter(data: bytes) -> dict[str, Any]:
-    doc: dict[str, Any] = orjson.loads(data)
-    if "original_b64" in doc:
-        doc["original"] = base64.b64decode(doc.pop("original_b64"))
-    return doc

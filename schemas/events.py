@@ -1,7 +1,8 @@
-"""The logical record: one trade, quote, bar or gap marker (DESIGN §3).
+"""The vocabulary of a market event — a trade, quote, bar or gap marker — and its names
+(docs/ARCHITECTURE.md#events).
 
-`MarketEvent` is what a person reasons about; on the wire, events travel in columnar
-`MarketEventBatch` envelopes (see `schemas.batch`) because Faust's cost is per Kafka record.
+Events travel in columnar `MarketEventBatch` records (`schemas.batch`), never one per Kafka
+record: Faust's cost is per record (docs/ARCHITECTURE.md#why-micro-batches).
 """
 
 from __future__ import annotations
@@ -9,8 +10,6 @@ from __future__ import annotations
 import re
 from enum import IntEnum, StrEnum
 from typing import Final
-
-import faust
 
 SCHEMA_VERSION: Final = 1
 
@@ -58,32 +57,3 @@ class BarFlag(IntEnum):
 def instrument_key(venue: str, symbol: str) -> str:
     """Kafka key of every hot-topic record: one instrument stays on one partition."""
     return f"{venue}:{symbol}"
-
-
-class MarketEvent(faust.Record, serializer="json", include_metadata=False):
-    """One logical market event. Fields not relevant to a kind stay None."""
-
-    kind: str
-    venue: str
-    symbol: str
-    ts_event: int
-    ts_recv: int
-    price: float | None = None
-    size: float | None = None
-    side: int = Side.UNKNOWN
-    trade_id: int | None = None
-    seq: int | None = None
-    bid_price: float | None = None
-    bid_size: float | None = None
-    ask_price: float | None = None
-    ask_size: float | None = None
-    timeframe: str | None = None
-    open: float | None = None
-    high: float | None = None
-    low: float | None = None
-    close: float | None = None
-    volume: float | None = None
-    trades: int | None = None
-    vwap: float | None = None
-    flags: int = 0
-    reason: str | None = None

@@ -1,4 +1,5 @@
-"""`Signal`: one bitspace-damping result (DESIGN §5.7) as published on md.signals.v1.
+"""`Signal`: one bitspace-damping result (docs/ARCHITECTURE.md#damping-outputs) as published on
+md.signals.v1.
 
 Public format (JSON, UTF-8, one Kafka record per instrument window, key ``venue:symbol``)::
 

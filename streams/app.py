@@ -25,7 +25,7 @@ def new_faust_app(settings: Settings, *, web_enabled: bool = True) -> faust.App:
         broker_credentials=kafka_credentials(settings),  # TLS/SASL (docs/OPERATIONS.md)
         value_serializer="raw",
         topic_partitions=settings.partitions,
-        topic_replication_factor=1,
+        topic_replication_factor=settings.replication_factor,
         web_enabled=web_enabled,
         web_host=settings.web_host,
         web_port=settings.web_port,
@@ -35,10 +35,10 @@ def new_faust_app(settings: Settings, *, web_enabled: bool = True) -> faust.App:
         broker_rebalance_timeout=settings.rebalance_timeout_s,
         broker_commit_interval=settings.commit_interval_s,
         consumer_auto_offset_reset="earliest",
-        producer_linger=0.005,
-        producer_max_batch_size=1_048_576,
-        consumer_max_fetch_size=4_194_304,
-        stream_buffer_maxsize=1024,
+        producer_linger=settings.producer_linger_ms / 1000,
+        producer_max_batch_size=settings.producer_max_batch_bytes,
+        consumer_max_fetch_size=settings.consumer_max_fetch_bytes,
+        stream_buffer_maxsize=settings.stream_buffer_maxsize,
         # On shutdown do not wait for unacked events (a sink may be down): they were not
         # committed and are redelivered to whoever owns the partition next.
         stream_wait_empty=False,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -139,7 +139,7 @@ async def fresh_namespace(settings: Settings) -> Settings:
             await client.delete(*stale)
     finally:
         await client.aclose()
-    return replace(settings, namespace=ns)
+    return settings.replace(namespace=ns)
 
 
 async def run_demo(

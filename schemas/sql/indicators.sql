@@ -1,4 +1,4 @@
--- Indicator values per closed bar (DESIGN §6). {schema} as in core.sql. Created by the
+-- Indicator values per closed bar (docs/ARCHITECTURE.md#indicators). {schema} as in core.sql. Created by the
 -- indicator sink's writer. One row per (venue, symbol, timeframe, ts): a redelivered or
 -- recomputed record replaces its row. NULL = the indicator is still warming up.
 CREATE SCHEMA IF NOT EXISTS {schema};

@@ -1,4 +1,4 @@
--- Bitspace damping outputs and trained path libraries (DESIGN §4, §5). {schema} as in core.sql.
+-- Bitspace damping outputs and trained path libraries (docs/ARCHITECTURE.md#tables, docs/ARCHITECTURE.md#bitspace-damping). {schema} as in core.sql.
 -- Kept out of core.sql: created by their own writers (the signal sink, `sepstream train`).
 CREATE SCHEMA IF NOT EXISTS {schema};
 

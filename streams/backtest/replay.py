@@ -41,7 +41,7 @@ import sys
 import time
 from collections import defaultdict, deque
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
@@ -177,8 +177,7 @@ def target_settings(source: Settings, namespace: str) -> Settings:
     worker's web server gets a free port so it never collides with a live worker's.
     """
     check_ident(namespace)
-    target = replace(
-        source,
+    target = source.replace(
         namespace=namespace,
         max_age_s=0,
         web_port=_free_port(source.web_host),
@@ -747,7 +746,7 @@ async def replay_and_verify(
     if verify_after:
         report = await verify(
             source,
-            replace(source, namespace=namespace),
+            source.replace(namespace=namespace),
             start_ns=rng.start_ns,
             end_ns=rng.end_ns,
             data_start_ns=rng.data_start_ns,

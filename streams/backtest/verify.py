@@ -14,7 +14,7 @@ starting at D = from − warm-up, for every (venue, symbol, timeframe) of period
 - signals: every row whose bar is compared and whose window of W = window_size bars lies
   in the replayed data (k ≥ W, or born) — every output column and the library version
   (`backend` and emit stamps are not outputs; live and replay on different backends agree
-  only to 1e-9, DESIGN §5, so run the replay on the live backend to verify it).
+  only to 1e-9, docs/ARCHITECTURE.md#backends, so run the replay on the live backend to verify it).
 - indicators: every row whose bar is compared, `flags` always, and per column where its
   value is a function of replayed bars only: ``sma_n`` when k ≥ n, Bollinger when
   k ≥ bb_period, ``vwap`` when its session began at or after F (`vwap_session_ns`), and
@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
@@ -302,11 +301,3 @@ async def verify(
         return verifier.report
     finally:
         await conn.close()
-
-
-def summarize(report: VerifyReport) -> dict[str, dict[str, int]]:
-    """Differences per table and column (for the CLI's table)."""
-    out: dict[str, dict[str, int]] = defaultdict(dict)
-    for d in report.differences:
-        out[d.table][d.column] = out[d.table].get(d.column, 0) + 1
-    return dict(out)

@@ -59,7 +59,7 @@ async def ensure_topics(settings: Settings) -> None:
     async with admin_client(settings) as admin:
         existing = set(await admin.list_topics())
         new = [
-            NewTopic(name, num_partitions=settings.partitions, replication_factor=1)
+            NewTopic(name, settings.partitions, settings.replication_factor)
             for name in hot_topics(settings).values()
             if name not in existing
         ]
@@ -72,11 +72,12 @@ async def ensure_compacted_topic(settings: Settings, topic: str) -> str:
     """Create `topic` (namespaced) compacted with one partition if it is missing: the
     latest-value-per-key topics (model libraries, subscriptions). Returns its name."""
     name = settings.topic(topic)
+    rf = settings.replication_factor
     async with admin_client(settings) as admin:
         if name not in set(await admin.list_topics()):
             with contextlib.suppress(TopicAlreadyExistsError):
                 await admin.create_topics(
-                    [NewTopic(name, 1, 1, topic_configs={"cleanup.policy": "compact"})]
+                    [NewTopic(name, 1, rf, topic_configs={"cleanup.policy": "compact"})]
                 )
     return name
 
@@ -85,6 +86,7 @@ def app_topics(app: faust.App, settings: Settings) -> dict[str, NewTopic]:
     """Every topic a worker of `app` reads or writes: its agents' channels, its tables'
     changelogs and Faust's leader topic, with the partitions and configs Faust would give."""
     channels: list[Any] = [*app.topics, *(t.changelog_topic for t in app.tables.values())]
+    rf = settings.replication_factor
     out: dict[str, NewTopic] = {}
     for channel in channels:
         configs = {str(k): str(v) for k, v in (channel.config or {}).items()}
@@ -94,11 +96,11 @@ def app_topics(app: faust.App, settings: Settings) -> dict[str, NewTopic]:
             configs["retention.ms"] = str(int(channel.retention * 1000))
         for name in channel.topics:
             partitions = channel.partitions or settings.partitions
-            out[name] = NewTopic(name, partitions, 1, topic_configs=configs)
+            out[name] = NewTopic(name, partitions, rf, topic_configs=configs)
     for name in hot_topics(settings).values():  # the dead-letter topic is only written
-        out.setdefault(name, NewTopic(name, settings.partitions, 1))
+        out.setdefault(name, NewTopic(name, settings.partitions, rf))
     leader = f"{app.conf.id}-__assignor-__leader"
-    out.setdefault(leader, NewTopic(leader, 1, 1))
+    out.setdefault(leader, NewTopic(leader, 1, rf))
     return out
 
 

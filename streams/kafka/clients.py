@@ -16,9 +16,6 @@ from faust.types.auth import CredentialsT
 
 from streams.settings import Settings
 
-KAFKA_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
-
-
 type KafkaClient = AIOKafkaConsumer | AIOKafkaProducer | AIOKafkaAdminClient
 
 
@@ -35,9 +32,7 @@ def kafka_ssl_context(settings: Settings) -> ssl.SSLContext:
 
 def kafka_credentials(settings: Settings) -> CredentialsT | None:
     """Faust's `broker_credentials` for SEPSTREAM_KAFKA_SECURITY_PROTOCOL; None = PLAINTEXT."""
-    protocol = settings.kafka_security_protocol.strip().upper()
-    if protocol not in KAFKA_PROTOCOLS:
-        raise ValueError(f"SEPSTREAM_KAFKA_SECURITY_PROTOCOL: unknown {protocol!r}")
+    protocol = settings.kafka_security_protocol  # one of four: checked by the settings
     if protocol == "PLAINTEXT":
         return None
     tls = kafka_ssl_context(settings) if protocol.endswith("SSL") else None
@@ -52,7 +47,7 @@ def kafka_credentials(settings: Settings) -> CredentialsT | None:
         username=settings.kafka_sasl_username,
         password=settings.kafka_sasl_password,
         ssl_context=tls,
-        mechanism=settings.kafka_sasl_mechanism.strip().upper(),
+        mechanism=settings.kafka_sasl_mechanism,
     )
 
 

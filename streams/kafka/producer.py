@@ -1,16 +1,16 @@
-"""Adaptive micro-batching producer shared by every source (DESIGN §2).
+"""Adaptive micro-batching producer shared by every source (docs/ARCHITECTURE.md#why-micro-batches).
 
 Events are buffered per instrument and leave as one `MarketEventBatch` record when
 `batch_max_events` are buffered or `batch_linger_ms` has passed since the first of them:
 at low rates a record holds one event and adds no latency; under load, records fill up
 and Faust's per-record cost is paid once per batch.
 
-Delivery is at-least-once: a record whose send fails with a retriable error (the broker
-paused or away longer than the client's own retries last, a request timed out) is sent
-again with capped backoff until it is acknowledged, and `flush()`/`stop()` wait for that.
-A resend may duplicate a record the broker did store; trade ids and the sinks' natural keys
-absorb that (DESIGN §7: no idempotent producer on every broker). Only non-retriable errors
-(a record too large, the producer closed) give up, counted in `send_errors`.
+Delivery is at-least-once: a record whose send fails with a retriable error (the broker paused or
+away longer than the client's own retries last, a request timed out) is sent again with capped
+backoff until it is acknowledged, and `flush()`/`stop()` wait for that. A resend may duplicate a
+record the broker did store; trade ids and the sinks' natural keys absorb that (no idempotent
+producer on every broker: docs/ARCHITECTURE.md#broker-caveats). Only non-retriable errors (a record
+too large, the producer closed) give up, counted in `send_errors`.
 """
 
 from __future__ import annotations

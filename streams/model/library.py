@@ -1,4 +1,5 @@
-"""Reference-path libraries for the damping confidence (DESIGN §5.6): train, store, publish, load.
+"""Reference-path libraries for the damping confidence (docs/ARCHITECTURE.md#path-library): train,
+store, publish, load.
 
 Why: the built-in library (a decay, a ramp, a sine) says how much a window's damped path
 looks like three textbook shapes; a library trained on the market's own history says how

@@ -1,4 +1,5 @@
-"""Venue collectors (DESIGN §2): one process per venue, normalized events to md.trades.v1.
+"""Venue collectors (docs/ARCHITECTURE.md#sources): one process per venue, normalized events to
+md.trades.v1.
 
 `sepstream collect --venue binance --symbols BTC-USDT,ETH-USDT` runs one; SIGINT/SIGTERM stop
 it after a flush. The symbols are merged with the compacted `md.control.subscriptions` topic

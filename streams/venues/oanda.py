@@ -13,7 +13,6 @@ candles`), with the same token.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -45,8 +44,8 @@ class OandaCollector(Collector):
         account: str | None = None,
     ) -> None:
         super().__init__(settings, symbols, sink)
-        token = token or os.environ.get("SEPSTREAM_OANDA_TOKEN", "")
-        account = account or os.environ.get("SEPSTREAM_OANDA_ACCOUNT", "")
+        token = token or settings.oanda_token
+        account = account or settings.oanda_account
         if not token or not account:
             raise ValueError("oanda needs SEPSTREAM_OANDA_TOKEN and SEPSTREAM_OANDA_ACCOUNT")
         self._token = token
@@ -124,7 +123,7 @@ class OandaCandles:
     def __init__(
         self, settings: Settings, session: aiohttp.ClientSession, *, token: str | None = None
     ) -> None:
-        token = token or os.environ.get("SEPSTREAM_OANDA_TOKEN", "")
+        token = token or settings.oanda_token
         if not token:
             raise ValueError("oanda needs SEPSTREAM_OANDA_TOKEN")
         self.settings = settings

@@ -10,7 +10,6 @@ import asyncio
 import os
 import sys
 import time
-from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -113,8 +112,8 @@ async def test_backfill_fills_only_missing_minutes(
     server = KlinesServer()
     runner, port = await serve_klines(server)
     try:
-        run = replace(
-            settings, binance_rest_url=f"http://127.0.0.1:{port}", backfill_requests_per_s=20.0
+        run = settings.replace(
+            binance_rest_url=f"http://127.0.0.1:{port}", backfill_requests_per_s=20.0
         )
         report = await bf.backfill(run, "binance", "BTC-USDT", T0, T0 + timedelta(minutes=MINUTES))
     finally:
@@ -146,7 +145,7 @@ async def test_backfill_command_second_run_finds_nothing_to_do(
     server = KlinesServer()
     server.throttle_next = 0
     runner, port = await serve_klines(server)
-    run = replace(settings, binance_rest_url=f"http://127.0.0.1:{port}")
+    run = settings.replace(binance_rest_url=f"http://127.0.0.1:{port}")
     args = ["--from", T0.isoformat(), "--to", (T0 + timedelta(minutes=MINUTES)).isoformat()]
     try:
         reports = []

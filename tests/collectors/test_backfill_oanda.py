@@ -12,7 +12,6 @@ import asyncio
 import copy
 import os
 import sys
-from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -129,13 +128,14 @@ async def test_oanda_backfill_fetches_only_missing_minutes(
     settings: Settings, pg: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(OandaCandles, "page", 4)  # 4 minutes a request: paging is exercised
-    monkeypatch.setenv("SEPSTREAM_OANDA_TOKEN", "tok-123")
     await store_some_bars(settings)
     server = CandlesServer(absent=frozenset({25}), forming=27, broken=22)
     runner, port = await serve_candles(server)
     try:
-        run = replace(
-            settings, oanda_rest_url=f"http://127.0.0.1:{port}", backfill_requests_per_s=50.0
+        run = settings.replace(
+            oanda_rest_url=f"http://127.0.0.1:{port}",
+            backfill_requests_per_s=50.0,
+            oanda_token="tok-123",
         )
         report = await bf.backfill(run, "oanda", "EUR-USD", T0, T0 + timedelta(minutes=MINUTES))
     finally:
@@ -163,7 +163,7 @@ async def test_oanda_backfill_command_twice_changes_nothing_the_second_time(
     await store_some_bars(settings)
     server = CandlesServer()
     runner, port = await serve_candles(server)
-    run = replace(settings, oanda_rest_url=f"http://127.0.0.1:{port}")
+    run = settings.replace(oanda_rest_url=f"http://127.0.0.1:{port}")
     args = ["--from", T0.isoformat(), "--to", (T0 + timedelta(minutes=MINUTES)).isoformat()]
     env = {**os.environ, **run.to_env(), "SEPSTREAM_OANDA_TOKEN": "tok-123"}
     try:

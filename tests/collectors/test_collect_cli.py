@@ -6,7 +6,6 @@ import asyncio
 import os
 import signal
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import aiohttp
@@ -39,8 +38,7 @@ async def test_collect_binance_into_the_topic_and_stop_cleanly(
     server = ScriptedServer([first, second])
     log_path = tmp_path / "collect.log"
     async with serve(server, [web.get("/stream", server.websocket)]) as port:
-        run_settings = replace(
-            settings,
+        run_settings = settings.replace(
             binance_ws_url=f"ws://127.0.0.1:{port}",
             collector_backoff_initial_s=0.05,
             collector_backoff_max_s=0.2,

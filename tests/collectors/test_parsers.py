@@ -203,13 +203,14 @@ def test_oanda_prices_are_top_of_book_quotes() -> None:
     assert c.headers()["Authorization"] == "Bearer t"
 
 
-def test_oanda_needs_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("SEPSTREAM_OANDA_TOKEN", raising=False)
+def test_oanda_needs_credentials() -> None:
     with pytest.raises(ValueError, match="SEPSTREAM_OANDA_TOKEN"):
         OandaCollector(Settings(), ["EUR-USD"], RecordingSink())
-    monkeypatch.setenv("SEPSTREAM_OANDA_TOKEN", "secret")
-    monkeypatch.setenv("SEPSTREAM_OANDA_ACCOUNT", "101-004-1")
-    assert "101-004-1" in OandaCollector(Settings(), ["EUR-USD"], RecordingSink()).url()
+    settings = Settings.from_env(
+        {"SEPSTREAM_OANDA_TOKEN": "secret", "SEPSTREAM_OANDA_ACCOUNT": "101-004-1"}
+    )
+    assert "101-004-1" in OandaCollector(settings, ["EUR-USD"], RecordingSink()).url()
+    assert "secret" not in repr(settings)
 
 
 ROUND_TRIPS = {

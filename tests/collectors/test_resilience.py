@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import copy
-from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -26,8 +25,7 @@ from streams.venues.oanda import OandaCollector
 from tests.collectors.helpers import RecordingSink, frames, malformed_count
 from tests.collectors.servers import ScriptedServer, Step, serve
 
-FAST = replace(
-    Settings(),
+FAST = Settings().replace(
     collector_stale_after_s=1.5,
     collector_heartbeat_s=0.5,  # pings answered by a silent server must not hide staleness
     collector_backoff_initial_s=0.02,
@@ -98,7 +96,7 @@ async def test_binance_survives_drops_replays_garbage_and_silence() -> None:
     before = {r: malformed_count("binance", r) for r in reasons}
     sink = RecordingSink()
     async with serve(server, [web.get("/stream", server.websocket)]) as port:
-        settings = replace(FAST, binance_ws_url=f"ws://127.0.0.1:{port}")
+        settings = FAST.replace(binance_ws_url=f"ws://127.0.0.1:{port}")
         collector = BinanceCollector(settings, ["BTC-USDT", "ETH-USDT"], sink)
         await run_until(collector, lambda: 10 in sink.trade_ids("BTC-USDT"))
 
@@ -191,7 +189,7 @@ async def test_kraken_snapshot_replays_after_reconnect_are_dropped() -> None:
     server = ScriptedServer([first, second, third], expect_from_client=3)
     sink = RecordingSink()
     async with serve(server, [web.get("/v2", server.websocket)]) as port:
-        settings = replace(FAST, kraken_ws_url=f"ws://127.0.0.1:{port}/v2")
+        settings = FAST.replace(kraken_ws_url=f"ws://127.0.0.1:{port}/v2")
         collector = KrakenCollector(settings, ["BTC-USD"], sink)
         await run_until(collector, lambda: 5 in sink.trade_ids("BTC-USD"))
 
@@ -237,7 +235,7 @@ async def test_oanda_line_stream_reconnects_without_duplicates() -> None:
     sink = RecordingSink()
     path = "/v3/accounts/{account}/pricing/stream"
     async with serve(server, [web.get(path, server.lines)]) as port:
-        settings = replace(FAST, oanda_stream_url=f"http://127.0.0.1:{port}")
+        settings = FAST.replace(oanda_stream_url=f"http://127.0.0.1:{port}")
         collector = OandaCollector(settings, ["EUR-USD"], sink, token="tok", account="001-2")
         await run_until(collector, lambda: len(sink.of(Kind.QUOTE)) >= 4)
 
@@ -260,8 +258,8 @@ async def test_stop_is_prompt_while_a_connect_hangs() -> None:
 
     tcp = await asyncio.start_server(mute, "127.0.0.1", 0)
     port = tcp.sockets[0].getsockname()[1]
-    settings = replace(
-        FAST, binance_ws_url=f"ws://127.0.0.1:{port}", collector_connect_timeout_s=30.0
+    settings = FAST.replace(
+        binance_ws_url=f"ws://127.0.0.1:{port}", collector_connect_timeout_s=30.0
     )
     sink = RecordingSink()
     collector = BinanceCollector(settings, ["BTC-USDT"], sink)
@@ -288,7 +286,7 @@ async def test_frame_beyond_the_transport_limit_reconnects_and_is_counted() -> N
     server = ScriptedServer([first, second])
     sink = RecordingSink()
     async with serve(server, [web.get("/stream", server.websocket)]) as port:
-        settings = replace(FAST, binance_ws_url=f"ws://127.0.0.1:{port}")
+        settings = FAST.replace(binance_ws_url=f"ws://127.0.0.1:{port}")
         collector = BinanceCollector(settings, ["BTC-USDT"], sink)
         await run_until(collector, lambda: 2 in sink.trade_ids("BTC-USDT"))
     assert sink.trade_ids("BTC-USDT") == [1, 2]

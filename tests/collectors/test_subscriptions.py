@@ -10,7 +10,6 @@ import asyncio
 import os
 import signal
 import sys
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -110,13 +109,13 @@ async def test_control_topic_is_compacted(settings: Settings) -> None:
 def collector_for(venue: str, settings: Settings, port: int, symbols: list[str]) -> Collector:
     sink = RecordingSink()
     if venue == "oanda":
-        run = replace(settings, oanda_stream_url=f"http://127.0.0.1:{port}")
+        run = settings.replace(oanda_stream_url=f"http://127.0.0.1:{port}")
         return OandaCollector(run, symbols, sink, token="tok", account="001-1")
     url = f"ws://127.0.0.1:{port}/v2"
     run = {
-        "binance": replace(settings, binance_ws_url=url),
-        "coinbase": replace(settings, coinbase_ws_url=url),
-        "kraken": replace(settings, kraken_ws_url=url),
+        "binance": settings.replace(binance_ws_url=url),
+        "coinbase": settings.replace(coinbase_ws_url=url),
+        "kraken": settings.replace(kraken_ws_url=url),
     }[venue]
     return COLLECTORS[venue](run, symbols, sink)
 
@@ -246,7 +245,7 @@ async def test_collect_process_follows_symbols_add_and_remove(
     server = TickingVenue("binance")
     log_path = tmp_path / "collect.log"
     async with serve(server, server.routes()) as port:
-        run = replace(settings, binance_ws_url=f"ws://127.0.0.1:{port}", log_format="json")
+        run = settings.replace(binance_ws_url=f"ws://127.0.0.1:{port}", log_format="json")
         with log_path.open("wb") as log:
             proc = await asyncio.create_subprocess_exec(
                 *(sys.executable, "-m", "streams.cli", "collect", "--venue", "binance"),

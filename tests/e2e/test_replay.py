@@ -17,7 +17,6 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
-from dataclasses import replace
 from typing import Any
 
 import asyncpg
@@ -117,7 +116,7 @@ def test_backtest_namespace_must_be_isolated(settings: Settings) -> None:
     with pytest.raises(ValueError, match="identifier"):
         target_settings(settings, "")
     with pytest.raises(IsolationError):  # an empty namespace is live's: public, md:, ...
-        target_settings(replace(settings, namespace="x"), "x")
+        target_settings(settings.replace(namespace="x"), "x")
     moved = target_settings(settings, f"{settings.namespace}_bt")
     assert moved.pg_schema != settings.pg_schema and moved.group_id != settings.group_id
     assert moved.max_age_s == 0 and moved.web_port != settings.web_port
@@ -224,7 +223,7 @@ async def test_replay_one_hour_of_a_day(
     )
     tampered = await verify(
         settings,
-        replace(settings, namespace=backtest_ns),
+        settings.replace(namespace=backtest_ns),
         start_ns=start,
         end_ns=end,
         data_start_ns=lo,

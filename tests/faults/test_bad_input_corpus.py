@@ -17,13 +17,13 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 
-from schemas.deadletter import read_dead_letter
 from streams.kafka.admin import count_events, end_offsets, read_range
 from streams.kafka.producer import BatchingProducer
 from streams.settings import Settings
 from streams.topics import hot_topics
 from streams.worker_process import WorkerProcess
 from tests.conftest import ARTIFACTS, eventually
+from tests.dead_letters import read_dead_letter
 from tests.faults.known_stream import INSTRUMENTS, KnownStream, tick_count
 from tests.fixtures.bad_input import corpus_settings, load
 

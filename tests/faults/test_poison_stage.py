@@ -18,7 +18,6 @@ import numpy as np
 import pytest
 
 from schemas.batch import MarketEventBatch
-from schemas.deadletter import read_dead_letter
 from schemas.events import Kind
 from streams.kafka.admin import end_offsets, ensure_topics, read_range
 from streams.kafka.producer import BatchingProducer
@@ -26,6 +25,7 @@ from streams.settings import Settings
 from streams.topics import hot_topics
 from streams.worker_process import WorkerProcess
 from tests.conftest import ARTIFACTS, eventually
+from tests.dead_letters import read_dead_letter
 from tests.faults.known_stream import healthz
 
 MIN = 60_000_000_000

@@ -19,7 +19,7 @@ import asyncpg
 import numpy as np
 import redis.asyncio as aioredis
 
-from agents.indicators import CONFIG
+from kernels.indicator_books import CONFIG, Books, PendingBar
 from kernels.indicators import IndicatorState
 from schemas.events import TIMEFRAMES
 from schemas.indicator import INDICATORS
@@ -223,8 +223,6 @@ async def test_sigkill_and_restart_continue_the_same_series(
 def test_rounds_across_instruments_equal_one_series_each() -> None:
     """No services: micro-batches holding several bars of one instrument, shuffled, of two
     timeframes, with repeats and a state reload in between, give each series' own values."""
-    from agents.indicators import Books, PendingBar
-
     rng = np.random.default_rng(5)
     keys = [b"sim:A-B", b"sim:C-D", b"sim:E-F"]
     bars: list[PendingBar] = []
@@ -249,10 +247,15 @@ def test_rounds_across_instruments_equal_one_series_each() -> None:
     for k, part in enumerate(np.split(np.array(ordered, dtype=object), cuts)):
         batch = list(part)
         rng.shuffle(batch)  # arrival order inside a micro-batch does not matter
-        batch += batch[: len(batch) // 3]  # repeats are skipped
+        repeats = len(batch) // 3
+        batch += batch[:repeats]  # repeats are skipped
         for key in keys:
             books.load(key, None)
-        for r in books.apply(batch):
+        applied = books.apply(batch, 0)
+        assert sum(applied.skipped.values()) == repeats
+        assert sum(applied.emitted.values()) == len(applied.records) == len(batch) - repeats
+        assert sum(rows for rows, _ in applied.rounds) == len(applied.records)
+        for r in applied.records:
             got[(r.venue.encode() + b":" + r.symbol.encode(), r.timeframe, r.ts)] = r.values
         if k == 6:  # a restart: only the encoded table values survive
             saved = {key: books.encode(key) for key in keys}

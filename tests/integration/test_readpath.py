@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from dataclasses import replace
 from typing import Any
 
 import aiohttp
@@ -240,7 +239,7 @@ async def test_both_miss_fetches_from_the_venue_and_stores_back(
     klines: tuple[Klines, str],
 ) -> None:
     server, url = klines
-    settings = replace(settings, binance_rest_url=url, backfill_requests_per_s=50.0)
+    settings = settings.replace(binance_rest_url=url, backfill_requests_per_s=50.0)
     # Five bars the stream stored a few minutes ago (close 999 < any venue close): they win.
     now_min = time.time_ns() // MIN * MIN
     mine = bars_batch("binance", "BTC-USDT", [now_min - k * MIN for k in (9, 8, 7, 6, 5)], 7.0)
@@ -297,7 +296,7 @@ async def test_anonymous_http_requests_do_not_call_the_venue_unless_enabled(
     """`GET /bars` on the worker's routes: by default the venue REST tier is `disabled` and
     the venue never hears of the request; SEPSTREAM_READ_HTTP_REST=true lets it through."""
     server, url = klines
-    settings = replace(settings, binance_rest_url=url, backfill_requests_per_s=50.0)
+    settings = settings.replace(binance_rest_url=url, backfill_requests_per_s=50.0)
     assert settings.read_http_rest is False  # the default
     query = "/bars?symbol=BTC-USDT&venue=binance&tf=1m&limit=30"
     async with worker_web(settings) as client:
@@ -309,7 +308,7 @@ async def test_anonymous_http_requests_do_not_call_the_venue_unless_enabled(
     assert server.requests == []
     assert await stats(rds, settings) == {"requests": 1, "redis:miss": 1, "timescaledb:miss": 1}
 
-    async with worker_web(replace(settings, read_http_rest=True)) as client:
+    async with worker_web(settings.replace(read_http_rest=True)) as client:
         resp = await client.get(query)
         doc = orjson.loads(await resp.read())
     assert resp.status == 200
@@ -325,7 +324,7 @@ async def test_the_bars_command_still_fetches_from_the_venue(
 ) -> None:
     """An operator's `sepstream bars` keeps the REST tier whatever READ_HTTP_REST says."""
     server, url = klines
-    env = replace(settings, binance_rest_url=url, backfill_requests_per_s=50.0).to_env()
+    env = settings.replace(binance_rest_url=url, backfill_requests_per_s=50.0).to_env()
     args = ["bars", "BTC-USDT", "--venue", "binance", "--limit", "12", "--json"]
     res = await asyncio.to_thread(CliRunner().invoke, main, args, env=env)
     assert res.exit_code == 0, res.output
@@ -349,8 +348,8 @@ async def test_a_venue_that_does_not_answer_is_given_up_after_the_timeout(
     venue = await asyncio.start_server(silent, "127.0.0.1", 0)
     port = venue.sockets[0].getsockname()[1]
     timeout = 0.8
-    settings = replace(
-        settings, binance_rest_url=f"http://127.0.0.1:{port}", read_rest_timeout_s=timeout
+    settings = settings.replace(
+        binance_rest_url=f"http://127.0.0.1:{port}", read_rest_timeout_s=timeout
     )
     try:
         async with BarReader(settings) as reader:  # the CLI's reader: REST allowed
@@ -517,7 +516,7 @@ async def test_forming_bars_are_coalesced_replaced_and_deleted(
 async def test_forming_writer_never_blocks_the_agent_when_redis_is_down(
     settings: Settings,
 ) -> None:
-    down = replace(settings, redis_url=f"redis://127.0.0.1:{free_port()}/0", sink_retry_max_s=0.1)
+    down = settings.replace(redis_url=f"redis://127.0.0.1:{free_port()}/0", sink_retry_max_s=0.1)
     writer = FormingBarWriter(down)
     before = REGISTRY.get_sample_value("sepstream_forming_bar_write_errors_total") or 0.0
     started = time.perf_counter()

@@ -13,7 +13,7 @@ from structlog.testing import capture_logs
 
 from schemas.batch import MarketEventBatch
 from schemas.events import Kind
-from streams import cli
+from streams.cli import main
 from streams.settings import Settings
 from streams.sinks.timescale import TimescaleWriter
 from streams.stores.audit import audit
@@ -127,4 +127,4 @@ async def test_train_is_audited(settings: Settings, pg: asyncpg.Connection) -> N
 async def _run_cli(args: list[str], env: dict[str, str]) -> Result:
     runner = CliRunner()
     # the command runs its own event loop: keep it off this test's loop
-    return await asyncio.to_thread(runner.invoke, cli.main, args, env=env, catch_exceptions=False)
+    return await asyncio.to_thread(runner.invoke, main, args, env=env, catch_exceptions=False)

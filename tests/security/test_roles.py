@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import replace
 
 import asyncpg
 import numpy as np
@@ -189,7 +188,7 @@ async def test_db_init_converges_rights_granted_by_hand(
 async def test_a_missing_role_is_a_clear_error_for_an_owner_without_createrole(
     settings: Settings, pg: asyncpg.Connection
 ) -> None:
-    missing = replace(settings, pg_writer_user="no_such_writer")
+    missing = settings.replace(pg_writer_user="no_such_writer")
     with pytest.raises(ProvisionError, match=r"'no_such_writer' does not exist.*deploy/dev\.sh"):
         await provision(missing)
 
@@ -197,7 +196,7 @@ async def test_a_missing_role_is_a_clear_error_for_an_owner_without_createrole(
 async def test_without_auto_provision_the_writer_is_told_to_run_db_init(
     settings: Settings, pg: asyncpg.Connection
 ) -> None:
-    strict = replace(settings, pg_auto_provision=False)
+    strict = settings.replace(pg_auto_provision=False)
     with pytest.raises(NotProvisionedError, match="sepstream db-init"):
         await ensure_provisioned(strict)
     with pytest.raises(NotProvisionedError):  # a sink starting there fails the same way
@@ -267,7 +266,7 @@ async def test_writer_upserts_but_cannot_run_ddl(roles: Settings) -> None:
 
 async def test_reader_selects_but_cannot_write(roles: Settings) -> None:
     s = roles.pg_schema
-    owner = TimescaleWriter(replace(roles, pg_writer_user=""))  # the owner, running DDL
+    owner = TimescaleWriter(roles.replace(pg_writer_user=""))  # the owner, running DDL
     await owner.start()
     try:
         await owner.write([_bars(2.0)])
@@ -291,7 +290,7 @@ async def test_reader_selects_but_cannot_write(roles: Settings) -> None:
 
 
 async def test_provision_is_idempotent_and_resets_passwords(roles: Settings) -> None:
-    again = replace(roles, pg_writer_password="rotated-Pa55word")
+    again = roles.replace(pg_writer_password="rotated-Pa55word")
     await provision(again)
     await provision(again)
     conn = await writer_connect(again)  # the new password works

@@ -6,7 +6,8 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kernels.bars import CORRECTED, GAP, BarBook, aggregate
+from kernels.bars import BarBook, aggregate
+from schemas.events import BarFlag
 
 MIN = 60_000_000_000
 
@@ -95,14 +96,14 @@ def test_late_tick_corrects_a_closed_bar_and_beyond_horizon_is_reported() -> Non
     )
     assert lost == 1  # minute 0 fell out of the horizon
     assert len(fixed) == 1 and fixed[0].start == 2 * MIN
-    assert fixed[0].high == 9.0 and fixed[0].trades == 2 and fixed[0].flags & CORRECTED
+    assert fixed[0].high == 9.0 and fixed[0].trades == 2 and fixed[0].flags & BarFlag.CORRECTED
 
 
 def test_gap_flags_forming_and_closed_bars() -> None:
     book = BarBook(period_ns=MIN, grace_ns=0)
     assert book.mark_gap(MIN + 3) is None  # before any trade: flag waits for the bar
     book.add_trades(np.array([MIN + 5], dtype=np.int64), np.ones(1), np.ones(1), 0)
-    assert book.forming[MIN].flags & GAP
+    assert book.forming[MIN].flags & BarFlag.GAP
     book.add_trades(np.array([3 * MIN], dtype=np.int64), np.ones(1), np.ones(1), 0)
     book.close_due(None)
     again = book.mark_gap(MIN + 7)

@@ -49,12 +49,6 @@ def test_round_trip_keeps_values_dtypes_and_fills_optional_columns() -> None:
     assert back.bad_type is None
 
 
-def test_events_are_the_logical_records() -> None:
-    events = _trades(2).events()
-    assert [e.trade_id for e in events] == [10, 11]
-    assert events[0].seq is None and events[0].price == 1.5
-
-
 def _doc(**cols: object) -> dict[str, object]:
     base = {
         "ts_event": [1, 2],

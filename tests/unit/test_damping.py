@@ -1,8 +1,9 @@
-"""Bitspace damping kernel (DESIGN §5) against hand-computed cases and a scalar reference.
+"""Bitspace damping kernel (docs/ARCHITECTURE.md#damping-math) against hand-computed cases and a
+scalar reference.
 
-``_reference_row`` below is written straight from the DESIGN text in plain Python (one
-window, lists and ``math``), independently of the vectorised kernel, so the two can be
-compared row by row.
+``_reference_row`` below is written straight from docs/ARCHITECTURE.md#damping-math in plain Python
+(one window, lists and ``math``), independently of the vectorised kernel, so the two can be compared
+row by row.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ T = W - 2  # 63 bits b_0..b_62, 62 transitions
 
 
 def _reference_row(closes: Sequence[float], library: Sequence[Sequence[float]]) -> dict[str, Any]:
-    """One window, computed literally as DESIGN §5 describes it."""
+    """One window, computed literally as docs/ARCHITECTURE.md#damping-math describes it."""
     bits = [1 if closes[i + 1] > closes[i] else 0 for i in range(len(closes) - 1)]
     t = len(bits) - 1
     # 00 -> NULL (0), 01/10 -> FLIP (1), 11 -> RUPTURE (2)

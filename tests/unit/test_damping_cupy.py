@@ -1,6 +1,7 @@
-"""CuPy backend parity with the NumPy float64 reference (DESIGN §5): 1e-9 in float64, 1e-4 in
-float32 with iteration counts at most one apart.  Skipped unless cupy imports and a CUDA
-device is usable.
+"""CuPy backend parity with the NumPy float64 reference (docs/ARCHITECTURE.md#backends): 1e-9 in
+float64, 1e-4 in float32 with iteration counts at most one apart.  Skipped unless cupy imports and a
+CUDA device is usable.  ``kernel`` is the fused CUDA kernel (the cupy default); ``fused``,
+``direct`` and ``horner`` the array-module methods.
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from kernels.damping import available_backends, damp, damp_arrays, resolve_backend
+from kernels import damping_gpu
+from kernels.damping import _library_unit, available_backends, damp, damp_arrays, resolve_backend
+from tests.unit.damping_inputs import MAKERS
 
 pytestmark = [
     pytest.mark.gpu,
@@ -68,7 +71,7 @@ def _assert_parity(
 
 @pytest.mark.parametrize("make", [_random_walks, _gbm_with_jumps])
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
-@pytest.mark.parametrize("method", ["fused", "direct", "horner"])
+@pytest.mark.parametrize("method", ["kernel", "fused", "direct", "horner"])
 def test_cupy_matches_numpy(make: Maker, dtype: str, method: str) -> None:
     closes, lib = make(3, 50_000), _library(5)
     ref = damp_arrays(closes, lib, backend="numpy", dtype=dtype)
@@ -119,3 +122,102 @@ def test_zero_path_and_flat_rows_on_cupy() -> None:
     assert got.confidence[1] == 0.0
     for f in (*FLOAT_FIELDS, "iterations", "converged", "collapse"):
         np.testing.assert_allclose(getattr(got, f), getattr(ref, f), rtol=0, atol=1e-12)
+
+
+# --------------------------------------------------------------------------- the fused kernel
+
+
+# Each bit-word count (NT) is a separate NVRTC compile: these cover NT = 1, 2, 4, 7, 8 and the
+# word edges; tests/unit/test_damping_kernel_host.py runs every W of its list on the CPU.
+GPU_WINDOWS = (8, 33, 34, 64, 65, 129, 200, 256, 257)
+
+
+@pytest.mark.parametrize("w", GPU_WINDOWS)
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_kernel_windows_8_to_257(w: int, dtype: str) -> None:
+    """Random walks, tick-rounded GBM with jumps, flat and alternating windows, per W."""
+    closes = np.concatenate([make(w, 4_000, w) for make in MAKERS])
+    lib = np.random.default_rng(w).normal(size=(37, w - 1))
+    ref = damp_arrays(closes, lib, backend="numpy", dtype=dtype)
+    got = _host(damp_arrays(closes, lib, backend="cupy", dtype=dtype, method="kernel"))
+    _assert_parity(got, ref, dtype, ref["stability"])
+
+
+def test_kernel_host_pipeline_many_chunks() -> None:
+    """Several chunks in flight on two streams, a partial last chunk, results to the host."""
+    closes = _gbm_with_jumps(21, 100_003)
+    ref = damp_arrays(closes, backend="numpy")
+    for rows in (7_777, 50_000, 100_003):
+        got = damp(closes, backend="cupy", chunk_rows=rows)
+        fields = (*FLOAT_FIELDS, "iterations", "converged", "collapse")
+        _assert_parity({f: getattr(got, f) for f in fields}, ref, "float64", ref["stability"])
+
+
+def test_kernel_float32_transfer_of_tick_prices() -> None:
+    """float64 ticks sent as float32 keep their bits: float32 parity holds."""
+    closes = _gbm_with_jumps(22, 50_000)
+    ref = damp_arrays(closes, backend="numpy", dtype="float32")
+    got = damp(closes, backend="cupy", dtype="float32", transfer_dtype="float32")
+    fields = (*FLOAT_FIELDS, "iterations", "converged", "collapse")
+    _assert_parity({f: getattr(got, f) for f in fields}, ref, "float32", ref["stability"])
+    out = _host(damp_arrays(closes, backend="cupy", method="kernel", transfer_dtype="float32"))
+    assert out["lam"].dtype == np.float64
+
+
+def test_kernel_float32_and_integer_closes() -> None:
+    """Closes that are float32 or integers to begin with: the reference's bits and math."""
+    ticks = _gbm_with_jumps(23, 20_000)
+    for closes in (ticks.astype(np.float32), np.round(ticks * 100).astype(np.int64)):
+        ref = damp_arrays(closes, backend="numpy")
+        got = _host(damp_arrays(closes, backend="cupy", method="kernel"))
+        _assert_parity(got, ref, "float64", ref["stability"])
+
+
+@pytest.mark.parametrize("on_device", [False, True])
+def test_kernel_rejects_non_finite_closes(on_device: bool) -> None:
+    import cupy
+
+    closes = _random_walks(24, 5_000)
+    closes[4_321, 40] = np.nan
+    arg = cupy.asarray(closes) if on_device else closes
+    with pytest.raises(ValueError, match="non-finite"):
+        damp_arrays(arg, backend="cupy", method="kernel")
+
+
+def test_kernel_empty_batch() -> None:
+    r = damp(np.empty((0, W)), backend="cupy")
+    assert len(r) == 0 and r.lam.dtype == np.float64
+
+
+def test_kernel_bounded_device_memory() -> None:
+    """Host path: the pool holds about two chunks' inputs and outputs, not the batch."""
+    import cupy
+
+    pool = cupy.get_default_memory_pool()
+    closes = _gbm_with_jumps(25, 200_000)
+    rows = 20_000
+    pool.free_all_blocks()
+    damp(closes, backend="cupy", chunk_rows=rows)
+    chunk_in = rows * W * 8
+    per_chunk = chunk_in + rows * damping_gpu.out_row_bytes(np.float64)
+    assert pool.total_bytes() <= damping_gpu.NBUF * per_chunk + (1 << 20)
+
+
+@pytest.mark.parametrize("pinned", [True, False])
+def test_kernel_pinned_and_pageable_results(pinned: bool) -> None:
+    """Results written by the device into page-locked arrays, or copied into ordinary ones."""
+    closes = _gbm_with_jumps(26, 30_001)
+    ref = damp_arrays(closes, backend="numpy")
+    unit = _library_unit(None, W - 2)
+    stats: dict[str, float] = {}
+    got = damping_gpu.damp_host(
+        closes, unit, np.float64, chunk_rows=4_096, pinned_results=pinned, stats=stats
+    )
+    _assert_parity(got, ref, "float64", ref["stability"])
+    assert stats["chunks"] == 8
+    assert stats["pinned_results"] == float(pinned)
+    # A strided (Fortran-order) view is staged the same way.
+    again = damping_gpu.damp_host(
+        np.asfortranarray(closes), unit, np.float64, chunk_rows=4_096, pinned_results=pinned
+    )
+    _assert_parity(again, ref, "float64", ref["stability"])

@@ -5,9 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from agents.damping import InstrumentState, Series
+from agents.damping import LibraryHolder
 from kernels.damping import damp, default_library
-from schemas.batch import CodecError
+from kernels.damping_state import InstrumentState, Series, Window, to_signals
+from schemas.batch import CodecError, MarketEventBatch
+from schemas.events import Kind
 from schemas.signal import Signal, decode_signal
 from streams.model.library import (
     Library,
@@ -205,6 +207,31 @@ def test_series_appends_corrects_and_ignores() -> None:
     assert back.src == (1, 42) and back.series["1m"] == t
 
 
+def test_a_bar_record_folds_in_time_order_into_windows() -> None:
+    w = 3
+    ts = [180, 0, 120, 60]  # out of order: folded by open time
+    batch = MarketEventBatch.from_columns(
+        Kind.BAR,
+        "sim",
+        "A-B",
+        {
+            "ts_event": ts,
+            "ts_recv": ts,
+            **{f: [float(t) for t in ts] for f in ("open", "high", "low", "close")},
+            "volume": [1.0] * 4,
+        },
+        timeframe="5m",
+    )
+    state = InstrumentState()
+    windows = state.fold(batch, w)
+    assert windows == [
+        Window("sim", "A-B", "5m", 120, [0.0, 60.0, 120.0]),
+        Window("sim", "A-B", "5m", 180, [60.0, 120.0, 180.0]),
+    ]
+    assert state.series["5m"].ts == [0, 60, 120, 180]
+    assert state.fold(batch, w) == []  # the same bars again change nothing
+
+
 def test_parse_since() -> None:
     from datetime import UTC, datetime
 
@@ -224,8 +251,6 @@ def test_training_needs_history() -> None:
 
 
 def test_library_holder_swaps_only_matching_new_libraries() -> None:
-    from agents.damping import LibraryHolder, Window, to_signals
-
     holder = LibraryHolder(W)
     assert holder.current.version == "default"
     trained = train(_walks(6), k=4, window=W, seed=0)
@@ -239,7 +264,8 @@ def test_library_holder_swaps_only_matching_new_libraries() -> None:
     closes = rolling_windows(next(iter(_walks(6).values())), W)[:2]
     windows = [Window("sim", "A-B", "1m", 60 * i, row.tolist()) for i, row in enumerate(closes)]
     result = damp(closes, trained.paths, backend="numpy", library_version=trained.version)
-    signals = to_signals(windows, result, W)
+    signals = to_signals(windows, result, W, 7)
     assert [s.ts for s in signals] == [0, 60]
     assert signals[1].confidence == result.confidence[1] and signals[1].window == W
     assert {s.library_version for s in signals} == {trained.version}
+    assert {s.ts_emit for s in signals} == {7}

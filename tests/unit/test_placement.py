@@ -386,7 +386,7 @@ def test_cli_binding_path_sets_the_affinity() -> None:
     got = run_child(
         """
         import json, os, sys
-        from streams.cli import bind_from_cli, placement_path
+        from streams.cli.pipeline import bind_from_cli, placement_path
         p = bind_from_cli(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]))
         print(json.dumps({"planned": list(p.cpus), "now": sorted(os.sched_getaffinity(0)),
                           "pid": os.getpid(), "path": str(placement_path(os.getpid())),

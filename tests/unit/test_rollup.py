@@ -11,7 +11,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from kernels.bars import CORRECTED, GAP, Bar, BarBook, MultiBook, aggregate
+from kernels.bars import Bar, BarBook, MultiBook, aggregate
+from schemas.events import BarFlag
 
 MIN = 60_000_000_000
 PERIODS = {"5m": 5 * MIN, "15m": 15 * MIN, "1h": 60 * MIN}
@@ -80,9 +81,9 @@ def test_rollups_equal_bars_from_ticks(seed: int, restart: bool) -> None:
             assert np.isclose(g.volume, w.volume, rtol=1e-12), (tf, start)
             assert np.isclose(g.notional, w.notional, rtol=1e-12), (tf, start)
             assert (g.first_ts, g.last_ts) == (w.first_ts, w.last_ts)
-            assert not g.flags & GAP
+            assert not g.flags & BarFlag.GAP
             if (tf, start) in emitted_twice:
-                assert g.flags & CORRECTED, (tf, start)
+                assert g.flags & BarFlag.CORRECTED, (tf, start)
     if not restart:
         assert any(tf != "1m" for tf, _ in emitted_twice), "no rollup correction exercised"
 
@@ -94,16 +95,18 @@ def test_rollup_closes_with_the_1m_watermark_and_carries_gaps() -> None:
         book.add_trades(np.array([m * MIN + 5], dtype=np.int64), np.ones(1), np.ones(1), 0)
         out = book.close_due(None)
         assert "5m" not in out or m == 5
-    assert book.rollups["5m"].closed[0].flags & GAP
+    assert book.rollups["5m"].closed[0].flags & BarFlag.GAP
     assert book.rollups["5m"].closed[0].trades == 5
     # a gap marker on a closed 5m bar re-emits it, flagged and corrected
     book.add_trades(np.array([11 * MIN], dtype=np.int64), np.ones(1), np.ones(1), 0)
     book.close_due(None)
     again = book.mark_gap(5 * MIN + 3)
-    assert again["1m"][0].flags == GAP | CORRECTED
-    assert again["5m"][0].start == 5 * MIN and again["5m"][0].flags == GAP | CORRECTED
+    assert again["1m"][0].flags == BarFlag.GAP | BarFlag.CORRECTED
+    assert (
+        again["5m"][0].start == 5 * MIN and again["5m"][0].flags == BarFlag.GAP | BarFlag.CORRECTED
+    )
     assert "15m" not in again  # the 15m bar is still forming: flagged, not re-emitted
-    assert book.rollups["15m"].forming[0].flags & GAP
+    assert book.rollups["15m"].forming[0].flags & BarFlag.GAP
 
 
 def test_continuous_aggregates_only_on_community_edition() -> None:

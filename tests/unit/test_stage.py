@@ -16,8 +16,8 @@ import faust
 import pytest
 
 from agents.stage import STAGE_ERROR, Output, Stage
-from schemas.deadletter import read_dead_letter
 from streams.settings import Settings
+from tests.dead_letters import read_dead_letter
 
 
 @dataclass

@@ -23,7 +23,7 @@ import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kernels.bars import GAP, Bar, BarBook, MultiBook, bars_to_columns
+from kernels.bars import Bar, BarBook, MultiBook, bars_to_columns
 from kernels.damping import damp
 from kernels.indicators import IndicatorConfig, IndicatorState
 from kernels.validation import MAX_BOUND, MIN_BOUND, ValidationRules, Validator, source_id
@@ -322,7 +322,7 @@ def _check_bar(bar: Bar, rules: ValidationRules) -> None:
         assert math.isfinite(price) and rules.min_price <= price <= rules.max_price
     assert bar.low <= min(bar.open, bar.close) and bar.high >= max(bar.open, bar.close)
     assert math.isfinite(bar.volume) and bar.volume >= 0 and math.isfinite(bar.notional)
-    assert bar.trades > 0 and bar.flags & ~(GAP | BarFlag.CORRECTED) == 0
+    assert bar.trades > 0 and bar.flags & ~(BarFlag.GAP | BarFlag.CORRECTED) == 0
     vwap = bar.vwap
     assert math.isfinite(vwap) if bar.volume > 0 else math.isnan(vwap)  # documented null
 
