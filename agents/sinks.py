@@ -15,8 +15,8 @@ import asyncio
 import random
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import Any, Protocol
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 import asyncpg
 import faust
@@ -37,17 +37,12 @@ from streams.ops.metrics import (
     SINK_SECONDS,
 )
 from streams.settings import Settings
+from streams.sinks.base import Writer
 from streams.sinks.redis import RedisWriter
 from streams.sinks.timescale import TimescaleWriter
 from streams.topics import Topics
 
 log = structlog.get_logger(__name__)
-
-
-class Writer[T](Protocol):
-    async def start(self) -> None: ...
-    async def close(self) -> None: ...
-    async def write(self, items: Iterable[T], /) -> dict[str, int]: ...
 
 
 # SQLSTATE classes a record's content causes: 22 data exception (a value out of a column's
@@ -111,7 +106,7 @@ def register_sink[T](
     name: str,
     channel: faust.TopicT,
     decode: Callable[[bytes], T],
-    writer: Writer[T],
+    writer: Writer[T, Any],
     newest_ns: Callable[[T], int],
     dead_letters: bool,
 ) -> None:
@@ -224,7 +219,7 @@ def register_sinks[T](
     prefix: str,
     inputs: Sequence[faust.TopicT],
     decode: Callable[[bytes], T],
-    writers: dict[str, Writer[T]],
+    writers: dict[str, Writer[T, Any]],
     newest_ns: Callable[[T], int],
 ) -> None:
     """One sink agent per store on `inputs`, each on its own channel; the first store's

@@ -7,7 +7,19 @@ import sys
 
 import click
 
-from streams.backtest import replay as rp
+from streams.backtest.plan import (
+    IsolationError,
+    ReplayRange,
+    default_leadout_ns,
+    default_warmup_ns,
+    parse_duration,
+    parse_speed,
+    parse_time,
+    symbols_from_cli,
+    target_settings,
+)
+from streams.backtest.replay import replay_and_verify
+from streams.backtest.summary import ReplaySummary, render, succeeded
 from streams.cli.failures import load_settings
 from streams.cli.output import console, print_json
 from streams.stores.audit import audit
@@ -38,22 +50,22 @@ def replay(  # click passes the options by name
     """Replay a time range of the input topic into NAMESPACE, processed by its own worker."""
     settings = load_settings(client_logs=True)
     try:
-        rng = rp.ReplayRange(
-            rp.parse_time(start),
-            rp.parse_time(end),
-            warmup_ns=rp.parse_duration(warmup) if warmup else rp.default_warmup_ns(settings),
-            leadout_ns=rp.default_leadout_ns(settings),
-            symbols=rp.symbols_from_cli(symbols),
+        rng = ReplayRange(
+            parse_time(start),
+            parse_time(end),
+            warmup_ns=parse_duration(warmup) if warmup else default_warmup_ns(settings),
+            leadout_ns=default_leadout_ns(settings),
+            symbols=symbols_from_cli(symbols),
         )
-        pace = rp.parse_speed(speed)
-        rp.target_settings(settings, namespace)  # refuses a namespace that is not isolated
-    except (ValueError, rp.IsolationError) as exc:
+        pace = parse_speed(speed)
+        target_settings(settings, namespace)  # refuses a namespace that is not isolated
+    except (ValueError, IsolationError) as exc:
         raise click.UsageError(str(exc)) from None
 
-    async def run() -> rp.ReplaySummary:
+    async def run() -> ReplaySummary:
         details = {"namespace": namespace, "from": start, "to": end, "symbols": symbols}
         await audit(settings, "replay", None, {**details, "speed": speed, "verify": verify_after})
-        return await rp.replay_and_verify(
+        return await replay_and_verify(
             settings, namespace, rng, speed=pace, verify_after=verify_after, timeout_s=timeout
         )
 
@@ -61,5 +73,5 @@ def replay(  # click passes the options by name
     if as_json:
         print_json(summary.as_dict())
     else:
-        rp.render(summary, console)
-    sys.exit(0 if rp.succeeded(summary) else 1)
+        render(summary, console)
+    sys.exit(0 if succeeded(summary) else 1)

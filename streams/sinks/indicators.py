@@ -13,18 +13,15 @@ Redis (prefix as in `streams.sinks.redis`):
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from typing import Any, Final
+from typing import Final
 
 import numpy as np
 
 from schemas.ddl import indicators_ddl
-from schemas.events import TIMEFRAMES
 from schemas.indicator import INDICATORS, IndicatorRecord
 from schemas.pgcopy import Column, PgType, encode_rows
-from streams.sinks.base import PgWriter, RedisClientWriter
-from streams.sinks.signals import SET_IF_NEWER
+from streams.sinks.base import PgWriter, RedisClientWriter, grouped
 
 COLUMNS: Final = ("ts", "venue", "symbol", "timeframe", "flags", *INDICATORS, "ts_emit_ns")
 KEY: Final = ("venue", "symbol", "timeframe", "ts")
@@ -48,17 +45,13 @@ def _copy_block(group: Sequence[IndicatorRecord]) -> bytes:
     return encode_rows(columns, len(group))
 
 
-class IndicatorTimescaleWriter(PgWriter):
-    ddl = staticmethod(indicators_ddl)
+class IndicatorTimescaleWriter(PgWriter[IndicatorRecord]):
+    def ddl(self) -> list[str]:
+        return [indicators_ddl(self.schema)]
 
     async def write(self, records: Iterable[IndicatorRecord]) -> dict[str, int]:
-        groups: dict[tuple[str, str, str], list[IndicatorRecord]] = defaultdict(list)
-        for r in records:
-            groups[(r.venue, r.symbol, r.timeframe)].append(r)
-        if not groups:
-            return {}
-        await self.upsert("indicators", COLUMNS, KEY, map(_copy_block, groups.values()))
-        return {"indicators": sum(len(g) for g in groups.values())}
+        groups = grouped(records, lambda r: (r.venue, r.symbol, r.timeframe))
+        return await self.upsert_groups("indicators", COLUMNS, KEY, groups.values(), _copy_block)
 
 
 def redis_fields(r: IndicatorRecord) -> dict[str, str | int | float]:
@@ -68,23 +61,7 @@ def redis_fields(r: IndicatorRecord) -> dict[str, str | int | float]:
     return {k: "" if v is None else v for k, v in doc.items()}
 
 
-class IndicatorRedisWriter(RedisClientWriter):
+class IndicatorRedisWriter(RedisClientWriter[IndicatorRecord]):
     async def write(self, records: Iterable[IndicatorRecord]) -> dict[str, int]:
-        latest: dict[tuple[str, str, str], IndicatorRecord] = {}
-        for r in records:
-            k = (r.timeframe, r.venue, r.symbol)
-            if k not in latest or r.ts >= latest[k].ts:
-                latest[k] = r
-        if not latest:
-            return {}
-        assert self.client is not None, "start() first"
-        p = self.prefix
-        pipe = self.client.pipeline(transaction=False)
-        for (tf, venue, symbol), r in latest.items():
-            ttl = TIMEFRAMES.get(tf, 60) * self.settings.redis_indicator_ttl_periods
-            flat: list[Any] = []
-            for name, value in redis_fields(r).items():
-                flat += [name, value]
-            pipe.eval(SET_IF_NEWER, 1, f"{p}indicators:{tf}:{venue}:{symbol}", ttl, r.ts, *flat)
-        await pipe.execute()
-        return {"latest": len(latest)}
+        periods = self.settings.redis_indicator_ttl_periods
+        return await self.write_latest("indicators", records, redis_fields, periods)

@@ -53,7 +53,9 @@ def bar_member(batch: MarketEventBatch, i: int) -> bytes:
     )
 
 
-class RedisWriter(RedisClientWriter):
+class RedisWriter(RedisClientWriter[MarketEventBatch]):
+    """Ticks' and quotes' latest state and closed bars (md.events.v1, md.bars.v1)."""
+
     async def write(self, batches: Iterable[MarketEventBatch]) -> dict[str, int]:
         latest: dict[tuple[Kind, str], tuple[int, MarketEventBatch, int]] = {}
         bars: list[MarketEventBatch] = []
@@ -68,10 +70,9 @@ class RedisWriter(RedisClientWriter):
                 bars.append(b)
         if not latest and not bars:
             return {}
-        assert self.client is not None, "start() first"
         p = self.prefix
         ttl = self.settings.redis_trade_ttl_s
-        pipe = self.client.pipeline(transaction=False)
+        pipe = self.pipeline()
         instruments: set[str] = set()
         for (kind, key), (_, b, i) in latest.items():
             name = f"{p}{kind.value}:{key}"
@@ -106,7 +107,11 @@ def forming_value(venue: str, symbol: str, bars: list[Bar]) -> bytes:
     return b"[" + b",".join(bar_member(batch, i) for i in range(len(batch))) + b"]"
 
 
-class FormingBarWriter(RedisClientWriter):
+# One instrument's forming 1m bars: ((venue, symbol), bars); no bars deletes its key.
+Forming = tuple[tuple[str, str], list[Bar]]
+
+
+class FormingBarWriter(RedisClientWriter[Forming]):
     """Forming 1m bars to Redis, coalesced: the bars agent hands over each instrument's
     forming bars after every record it applied (`update`, which never waits on Redis), and
     one background task writes whatever changed since its last write in one pipeline — so
@@ -160,7 +165,7 @@ class FormingBarWriter(RedisClientWriter):
             taken, self._dirty = self._dirty, {}
             try:
                 await self.start()
-                await self._write(taken)
+                await self.write(taken.items())
                 delay = 0.05
             except asyncio.CancelledError:
                 raise
@@ -176,17 +181,20 @@ class FormingBarWriter(RedisClientWriter):
             if not self._dirty:
                 self._idle.set()
 
-    async def _write(self, taken: dict[tuple[str, str], list[Bar]]) -> None:
-        assert self.client is not None
+    async def write(self, forming: Iterable[Forming]) -> dict[str, int]:
+        """Each instrument's forming bars as one value, in one pipeline."""
         ttl = self.settings.redis_forming_ttl_s
-        pipe = self.client.pipeline(transaction=False)
-        for (venue, symbol), bars in taken.items():
+        pipe = self.pipeline()
+        written = 0
+        for (venue, symbol), bars in forming:
             name = forming_key(self.prefix, venue, symbol)
             if bars:
                 pipe.set(name, forming_value(venue, symbol, bars), ex=ttl)
             else:
                 pipe.delete(name)
+            written += 1
         await pipe.execute()
+        return {"forming": written}
 
 
 def read_stats_key(prefix: str) -> str:

@@ -17,20 +17,16 @@ Hash and stream fields are the `schemas.signal` fields; booleans are 0/1.
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from typing import Any, Final
 
 import numpy as np
-import structlog
+from redis.asyncio.client import Pipeline
 
 from schemas.ddl import signals_ddl
-from schemas.events import TIMEFRAMES
 from schemas.pgcopy import Column, PgType, encode_rows
 from schemas.signal import Signal
-from streams.sinks.base import PgWriter, RedisClientWriter
-
-log = structlog.get_logger(__name__)
+from streams.sinks.base import PgWriter, RedisClientWriter, grouped
 
 COLUMNS: Final = (
     "ts",
@@ -79,28 +75,15 @@ def _copy_block(group: Sequence[Signal]) -> bytes:
     return encode_rows(columns, len(group))
 
 
-class SignalTimescaleWriter(PgWriter):
-    ddl = staticmethod(signals_ddl)
+class SignalTimescaleWriter(PgWriter[Signal]):
+    def ddl(self) -> list[str]:
+        return [signals_ddl(self.schema)]
 
     async def write(self, signals: Iterable[Signal]) -> dict[str, int]:
-        groups: dict[tuple[str, ...], list[Signal]] = defaultdict(list)
-        for s in signals:
-            groups[(s.venue, s.symbol, s.timeframe, s.library_version, s.backend)].append(s)
-        if not groups:
-            return {}
-        await self.upsert("signals", COLUMNS, KEY, map(_copy_block, groups.values()))
-        return {"signals": sum(len(g) for g in groups.values())}
-
-
-# KEYS[1] hash; ARGV[1] ttl s, ARGV[2] ts, ARGV[3..] field, value, ... (shared by the
-# latest-value hashes: a late redelivery never rolls them back)
-SET_IF_NEWER: Final = """
-local cur = redis.call('HGET', KEYS[1], 'ts')
-if cur and tonumber(cur) > tonumber(ARGV[2]) then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 3))
-redis.call('EXPIRE', KEYS[1], ARGV[1])
-return 1
-"""
+        groups = grouped(
+            signals, lambda s: (s.venue, s.symbol, s.timeframe, s.library_version, s.backend)
+        )
+        return await self.upsert_groups("signals", COLUMNS, KEY, groups.values(), _copy_block)
 
 
 def redis_fields(s: Signal) -> dict[str, str | int | float]:
@@ -110,26 +93,14 @@ def redis_fields(s: Signal) -> dict[str, str | int | float]:
     return {k: int(v) if isinstance(v, bool) else v for k, v in doc.items()}
 
 
-class SignalRedisWriter(RedisClientWriter):
+class SignalRedisWriter(RedisClientWriter[Signal]):
     async def write(self, signals: Iterable[Signal]) -> dict[str, int]:
-        batch = list(signals)
-        if not batch:
-            return {}
-        assert self.client is not None, "start() first"
-        latest: dict[tuple[str, str, str], Signal] = {}
-        for s in batch:
-            k = (s.timeframe, s.venue, s.symbol)
-            if k not in latest or s.ts >= latest[k].ts:
-                latest[k] = s
-        p = self.prefix
-        pipe = self.client.pipeline(transaction=False)
-        for (tf, venue, symbol), s in latest.items():
-            ttl = TIMEFRAMES.get(tf, 60) * self.settings.redis_signal_ttl_periods
-            flat: list[Any] = []
-            for name, value in redis_fields(s).items():
-                flat += [name, value]
-            pipe.eval(SET_IF_NEWER, 1, f"{p}signal:{tf}:{venue}:{symbol}", ttl, s.ts, *flat)
-        stream = f"{p}signals"
+        periods = self.settings.redis_signal_ttl_periods
+        return await self.write_latest("signal", signals, redis_fields, periods, also=self._append)
+
+    def _append(self, pipe: Pipeline, batch: list[Signal]) -> dict[str, int]:
+        """Every signal onto the stream too (the hash keeps only the latest)."""
+        stream = f"{self.prefix}signals"
         for s in batch:
             pipe.xadd(
                 stream,
@@ -137,5 +108,4 @@ class SignalRedisWriter(RedisClientWriter):
                 maxlen=self.settings.redis_signals_maxlen,
                 approximate=True,
             )
-        await pipe.execute()
-        return {"latest": len(latest), "stream": len(batch)}
+        return {"stream": len(batch)}

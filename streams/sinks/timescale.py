@@ -1,6 +1,6 @@
 """TimescaleDB writer: binary COPY of whole micro-batches, idempotent, one transaction per write.
 
-Fast path: COPY straight into the hypertable (≈149k rows/s here, DESIGN §4). A unique
+Fast path: COPY straight into the hypertable (docs/ARCHITECTURE.md#write-path). A unique
 violation means a redelivery: the same rows are then COPYed into a temporary staging table
 and moved with INSERT … ON CONFLICT, so replays never duplicate rows. Bars always take the
 upsert path because a corrected bar must replace the one stored. Trades are stored once
@@ -9,8 +9,6 @@ per trade id whatever their timestamp (`trade_ids`, written in the same transact
 
 from __future__ import annotations
 
-import io
-from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
@@ -22,10 +20,9 @@ import structlog
 from schemas.batch import MarketEventBatch
 from schemas.ddl import core_ddl, drop_chunks_sql, policy_ddl, prune_trade_ids_sql
 from schemas.events import Kind
-from schemas.pgcopy import HEADER, TRAILER, Column, PgType, encode_rows
+from schemas.pgcopy import Column, PgType, encode_rows
 from streams.settings import Settings
-from streams.stores.connections import writer_owns_schema
-from streams.stores.provision import writer_pool
+from streams.sinks.base import PgWriter, copy_in, copy_payload, grouped, stage_rows, staged_upsert
 
 log = structlog.get_logger(__name__)
 
@@ -41,13 +38,16 @@ class TableSpec:
     to_copy: Callable[[MarketEventBatch], list[Column]]
 
 
+def _instrument(b: MarketEventBatch) -> list[Column]:
+    """The columns every table starts with: event time, venue, symbol."""
+    return [Column(TS, b.cols["ts_event"]), Column(T, b.venue), Column(T, b.symbol)]
+
+
 def _ticks(b: MarketEventBatch) -> list[Column]:
     c = b.cols
     seq = c["seq"]
     return [
-        Column(TS, c["ts_event"]),
-        Column(T, b.venue),
-        Column(T, b.symbol),
+        *_instrument(b),
         Column(I8, c["trade_id"]),
         Column(F, c["price"]),
         Column(F, c["size"]),
@@ -61,9 +61,7 @@ def _ticks(b: MarketEventBatch) -> list[Column]:
 def _quotes(b: MarketEventBatch) -> list[Column]:
     c = b.cols
     return [
-        Column(TS, c["ts_event"]),
-        Column(T, b.venue),
-        Column(T, b.symbol),
+        *_instrument(b),
         *(Column(F, c[k]) for k in ("bid_price", "bid_size", "ask_price", "ask_size")),
         Column(I8, c["ts_event"]),
         Column(I8, c["ts_recv"]),
@@ -75,9 +73,7 @@ def _bars(b: MarketEventBatch) -> list[Column]:
     c = b.cols
     vwap = c["vwap"]
     return [
-        Column(TS, c["ts_event"]),
-        Column(T, b.venue),
-        Column(T, b.symbol),
+        *_instrument(b),
         Column(T, b.timeframe or ""),
         *(Column(F, c[k]) for k in ("open", "high", "low", "close", "volume")),
         Column(I8, c["trades"]),
@@ -87,14 +83,7 @@ def _bars(b: MarketEventBatch) -> list[Column]:
 
 
 def _gaps(b: MarketEventBatch) -> list[Column]:
-    c = b.cols
-    return [
-        Column(TS, c["ts_event"]),
-        Column(T, b.venue),
-        Column(T, b.symbol),
-        Column(T, b.reason or "unspecified"),
-        Column(I8, c["ts_recv"]),
-    ]
+    return [*_instrument(b), Column(T, b.reason or "unspecified"), Column(I8, b.cols["ts_recv"])]
 
 
 TRADE_ID_COLUMNS: Final = ("venue", "symbol", "trade_id", "ts")
@@ -173,57 +162,37 @@ TABLES: Final[dict[Kind, TableSpec]] = {
 }
 
 
-class TimescaleWriter:
+class TimescaleWriter(PgWriter[MarketEventBatch]):
+    """Ticks, quotes, bars and gaps (md.events.v1, md.bars.v1) into their hypertables."""
+
+    pool_size = 4
+
     def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.schema = settings.pg_schema
-        self.pool: asyncpg.Pool | None = None
+        super().__init__(settings)
         self.license = "unknown"
 
-    async def start(self) -> None:
-        if self.pool is None:
-            self.pool = await writer_pool(self.settings, min_size=1, max_size=4)
-            try:
-                await self.ensure_schema()
-            except BaseException:
-                # Not started: the next start() must create the tables again, not find a
-                # pool and write into tables that may not exist.
-                self.pool.terminate()
-                self.pool = None
-                raise
-
-    async def close(self) -> None:
-        if self.pool is not None:
-            await self.pool.close()
-            self.pool = None
-
     async def ensure_schema(self) -> None:
-        """Create tables (idempotent) and, on the community edition only, the policies."""
-        assert self.pool is not None
-        async with self.pool.acquire() as conn:
-            self.license = await conn.fetchval("SHOW timescaledb.license")
-            if not writer_owns_schema(self.settings):
-                return  # a writer without DDL rights: `sepstream db-init` made the schema
-            async with conn.transaction():
-                # One DDL run at a time across workers starting together.
-                await conn.execute("SELECT pg_advisory_xact_lock(hashtext('sepstream-ddl'))")
-                await conn.execute(core_ddl(self.schema))
-                retention = self.settings.tick_retention_days or None
-                statements = policy_ddl(
-                    self.schema,
-                    self.license,
-                    compress_after_days=self.settings.compress_after_days,
-                    tick_retention_days=retention,
-                )
-                for sql in statements:
-                    await conn.execute(sql)
-        if not statements:
+        """Learn the edition, then create the tables (idempotent) and, on the community
+        edition only, the compression and retention policies."""
+        assert self.pool is not None, "start() first"
+        self.license = await self.pool.fetchval("SHOW timescaledb.license")
+        await super().ensure_schema()
+
+    def ddl(self) -> list[str]:
+        policies = policy_ddl(
+            self.schema,
+            self.license,
+            compress_after_days=self.settings.compress_after_days,
+            tick_retention_days=self.settings.tick_retention_days or None,
+        )
+        if not policies:
             log.info(
                 "timescaledb policies skipped",
                 license=self.license,
                 why="compression/retention policies need the community (timescale) edition; "
                 "retention runs as a scheduled drop_chunks instead",
             )
+        return [core_ddl(self.schema), *policies]
 
     async def drop_old_chunks(self) -> int:
         """Retention: old tick/quote chunks on the Apache edition (the community edition's
@@ -243,11 +212,8 @@ class TimescaleWriter:
 
     async def write(self, batches: Iterable[MarketEventBatch]) -> dict[str, int]:
         """Write all batches in one transaction; returns rows per table."""
-        groups: dict[Kind, list[MarketEventBatch]] = defaultdict(list)
-        for b in batches:
-            if b.kind is Kind.TRADE and not self.settings.archive_ticks:
-                continue
-            groups[b.kind].append(b)
+        archive = self.settings.archive_ticks
+        groups = grouped((b for b in batches if archive or b.kind is not Kind.TRADE), _kind)
         if not groups:
             return {}
         assert self.pool is not None, "start() first"
@@ -255,16 +221,11 @@ class TimescaleWriter:
         async with self.pool.acquire() as conn, conn.transaction():
             for kind, group in groups.items():
                 spec = TABLES[kind]
-                rows = sum(len(b) for b in group)
                 if kind is Kind.TRADE:
                     await self._copy_trades(conn, group)
-                    written[spec.name] = rows
-                    continue
-                payload = (
-                    HEADER + b"".join(encode_rows(spec.to_copy(b), len(b)) for b in group) + TRAILER
-                )
-                await self._copy(conn, spec, payload)
-                written[spec.name] = rows
+                else:
+                    await self._copy(conn, spec, _payload(spec.to_copy, group))
+                written[spec.name] = sum(len(b) for b in group)
         return written
 
     async def _copy_trades(self, conn: Any, group: Sequence[MarketEventBatch]) -> None:
@@ -273,12 +234,12 @@ class TimescaleWriter:
         Fast path: both COPYs straight in. A unique violation in either means an id seen
         before: then only the ticks whose ids `trade_ids` takes are inserted."""
         spec = TABLES[Kind.TRADE]
-        ticks = HEADER + b"".join(encode_rows(spec.to_copy(b), len(b)) for b in group) + TRAILER
+        ticks = _payload(spec.to_copy, group)
         try:
             async with conn.transaction():  # a savepoint: a violation undoes only this
-                ids = HEADER + b"".join(encode_rows(_trade_ids(b), len(b)) for b in group)
-                await self._copy_in(conn, "trade_ids", TRADE_ID_COLUMNS, ids + TRAILER)
-                await self._copy_in(conn, spec.name, spec.columns, ticks)
+                ids = _payload(_trade_ids, group)
+                await copy_in(conn, "trade_ids", TRADE_ID_COLUMNS, ids, schema=self.schema)
+                await copy_in(conn, spec.name, spec.columns, ticks, schema=self.schema)
             return
         except asyncpg.UniqueViolationError:
             pass
@@ -296,20 +257,11 @@ class TimescaleWriter:
             f"ON CONFLICT DO NOTHING"
         )
 
-    async def _copy_in(self, conn: Any, table: str, columns: Sequence[str], payload: bytes) -> None:
-        await conn.copy_to_table(
-            table,
-            source=io.BytesIO(payload),
-            columns=list(columns),
-            schema_name=self.schema,
-            format="binary",
-        )
-
     async def _copy(self, conn: Any, spec: TableSpec, payload: bytes) -> None:
         if not spec.upsert:
             try:
                 async with conn.transaction():  # a savepoint: a violation undoes only this
-                    await self._copy_in(conn, spec.name, spec.columns, payload)
+                    await copy_in(conn, spec.name, spec.columns, payload, schema=self.schema)
                 return
             except asyncpg.UniqueViolationError:
                 pass  # a redelivery: fall through to the idempotent path
@@ -324,48 +276,12 @@ class TimescaleWriter:
         )
 
 
-async def stage_rows(conn: Any, table: str, columns: Sequence[str], payload: bytes) -> str:
-    """COPY `payload` into a temporary table shaped like `table`; returns its name.
-
-    Runs inside the caller's transaction; the staging table empties itself at commit."""
-    stage = f"_stage_{table.rpartition('.')[2]}"
-    await conn.execute(
-        f"CREATE TEMP TABLE IF NOT EXISTS {stage} "
-        f"(LIKE {table} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
-    )
-    await conn.copy_to_table(
-        stage, source=io.BytesIO(payload), columns=list(columns), format="binary"
-    )
-    return stage
+def _kind(batch: MarketEventBatch) -> Kind:
+    return batch.kind
 
 
-async def staged_upsert(
-    conn: Any,
-    table: str,
-    *,
-    schema: str,
-    columns: Sequence[str],
-    key: Sequence[str],
-    payload: bytes,
-    replace: bool,
-) -> None:
-    """Binary COPY into a temporary staging table, then INSERT … ON CONFLICT on `key`.
-
-    `replace`: a row already stored is updated (and its `updated_at` set), else kept. Runs
-    inside the caller's transaction; the staging table empties itself at commit.
-    """
-    stage = await stage_rows(conn, f"{schema}.{table}", columns, payload)
-    cols = ", ".join(columns)
-    keys = ", ".join(key)
-    if replace:
-        updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in columns if c not in key)
-        action = f"DO UPDATE SET {updates}, updated_at = now()"
-    else:
-        action = "DO NOTHING"
-    # One row per key even if the write repeats a key (a bar and its correction):
-    # the last one staged wins.
-    await conn.execute(
-        f"INSERT INTO {schema}.{table} ({cols}) "
-        f"SELECT DISTINCT ON ({keys}) {cols} FROM {stage} ORDER BY {keys}, ctid DESC "
-        f"ON CONFLICT ({keys}) {action}"
-    )
+def _payload(
+    to_copy: Callable[[MarketEventBatch], list[Column]], group: Sequence[MarketEventBatch]
+) -> bytes:
+    """The COPY stream of `group`, one block of rows per batch."""
+    return copy_payload(encode_rows(to_copy(b), len(b)) for b in group)

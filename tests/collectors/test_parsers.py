@@ -10,9 +10,10 @@ import pytest
 from schemas.events import Kind, Side
 from streams.settings import Settings
 from streams.venues import COLLECTORS, normalize_symbols
-from streams.venues.base import Collector, Event, MalformedFrameError, backoff_delay, rfc3339_ns
+from streams.venues.base import Collector, Event, MalformedFrameError, rfc3339_ns
 from streams.venues.binance import BinanceCollector
 from streams.venues.coinbase import CoinbaseCollector
+from streams.venues.connection import backoff_delay
 from streams.venues.kraken import KrakenCollector
 from streams.venues.oanda import OandaCollector
 from tests.collectors.helpers import RecordingSink, frames

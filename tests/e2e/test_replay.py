@@ -28,7 +28,7 @@ from aiokafka import AIOKafkaProducer
 
 from schemas.batch import MarketEventBatch
 from schemas.events import NS_PER_S, Kind
-from streams.backtest.replay import IsolationError, ReplayRange, target_settings
+from streams.backtest.plan import IsolationError, ReplayRange, target_settings
 from streams.backtest.verify import from_ns, verify
 from streams.kafka.admin import end_offsets, ensure_topics, group_lag
 from streams.settings import Settings

@@ -14,7 +14,7 @@ from collections.abc import Callable
 import pytest
 from aiokafka import AIOKafkaConsumer
 
-from streams.backtest.replay import OffsetLocator
+from streams.backtest.offsets import OffsetLocator
 from streams.kafka.admin import admin_client, offsets_consumer
 from streams.kafka.clients import kafka_client_kwargs, stop_consumer
 from streams.kafka.producer import BatchingProducer

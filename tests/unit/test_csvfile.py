@@ -14,7 +14,7 @@ import pytest
 
 from schemas.batch import COLUMNS
 from schemas.events import Kind
-from streams.sources import csvfile
+from streams.sources import csvfile, csvvalues
 from streams.sources.csvfile import produce, read_csv, split_pair, symbol_from_filename
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
@@ -187,7 +187,7 @@ def test_epoch_unit_is_decided_by_magnitude(tmp_path: Path, stamp: str, unit: st
 
 
 def test_epoch_thresholds() -> None:
-    assert (csvfile.SECONDS_BELOW, csvfile.MILLIS_BELOW, csvfile.MICROS_BELOW) == (
+    assert (csvvalues.SECONDS_BELOW, csvvalues.MILLIS_BELOW, csvvalues.MICROS_BELOW) == (
         10**11,
         10**14,
         10**17,
@@ -204,7 +204,7 @@ def test_epoch_thresholds() -> None:
         (10**17, 10**17),  # nanoseconds
         (1_704_067_200_123_456_789, 1_704_067_200_123_456_789),
     ]
-    ns, bad = csvfile._epoch_ns(np.array([raw for raw, _ in cases], dtype=np.int64))
+    ns, bad = csvvalues.epoch_ns(np.array([raw for raw, _ in cases], dtype=np.int64))
     assert bad.tolist() == [want is None for _, want in cases]
     _eq(ns, [0 if want is None else want for _, want in cases])
 
