@@ -156,12 +156,6 @@ class Damping:
 def register(app: faust.App, topics: Topics, settings: Settings) -> None:
     """The damping stage, its model-topic follower, and the signal sinks."""
     window = settings.damping_window
-    if window < 3:
-        raise ValueError(f"damping_window must be >= 3, got {window}")
-    if settings.damping_dtype not in ("float64", "float32"):
-        raise ValueError(
-            f"damping_dtype must be float64 or float32, got {settings.damping_dtype!r}"
-        )
     backend = resolve_backend(settings.damping_backend)  # a forced, unusable cupy fails here
     log.info("damping backend chosen", backend=backend, requested=settings.damping_backend,
              dtype=settings.damping_dtype, window=window)  # fmt: skip

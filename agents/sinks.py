@@ -25,7 +25,7 @@ from redis.exceptions import DataError as RedisDataError
 from redis.exceptions import RedisError
 
 from agents.delivery import delivered, retry_forever
-from agents.stage import STAGE_ERROR, track
+from agents.stage import STAGE_ERROR
 from schemas.batch import CodecError, MarketEventBatch, decode_batch
 from schemas.deadletter import dead_letter
 from streams.ops.metrics import (
@@ -36,6 +36,7 @@ from streams.ops.metrics import (
     SINK_ROWS,
     SINK_SECONDS,
 )
+from streams.ops.progress import track
 from streams.settings import Settings
 from streams.sinks.base import Writer
 from streams.sinks.redis import RedisWriter

@@ -209,7 +209,7 @@ class Settings(BaseSettings):
     read_rest_timeout_s: float = 3.0  # whole venue REST fetch of one request
     read_http_rest: bool = False  # may an (anonymous) HTTP /bars request fetch from a venue?
     # bitspace damping (docs/ARCHITECTURE.md#bitspace-damping) and its path library
-    damping_window: int = 64  # W closes per window (T + 1 = W - 1 bits)
+    damping_window: int = Field(default=64, ge=3)  # W closes per window (T + 1 = W - 1 bits)
     damping_max_batch: int = 1024  # bar records per micro-batch (one damp() call each)
     damping_max_wait_ms: int = 200  # longest a full window waits for its micro-batch
     damping_backend: Literal["auto", "numpy", "cupy"] = "auto"

@@ -11,9 +11,9 @@ from faust.web import Request, Response, View
 from faust.web.base import BlueprintManager
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from agents.stage import progress_of
 from streams.ops import health
 from streams.ops.consumer_lag import monitor_of
+from streams.ops.progress import progress_of
 from streams.query.bars import BarReader, http_bars
 from streams.settings import Settings
 
